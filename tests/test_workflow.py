@@ -1,0 +1,127 @@
+"""End-to-end Snakemake runs on the real data in ../shared/data with a tiny random model, and
+the paper-scale grid planned in a dry run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
+               "--directory", str(workdir), *args]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def smoke_config(workdir: Path, model_dir: str, **overrides) -> Path:
+    config = {
+        "models": ["tiny"],
+        "benchmarks": ["glue", "superglue"],
+        "tasks": {"glue": ["rte", "stsb", "qnli", "mnli_m"], "superglue": ["multirc"]},
+        "methods": ["zero_shot", "few_shot", "sft"],
+        "data": {"source": "local", "local_dir": str(SHARED_DATA), "missing": "no_data"},
+        "model_registry": {"tiny": {"source": "hub", "path": model_dir, "chat_template": False}},
+        "inference": {"batch_size": 4, "max_new_tokens": 4},
+        "prompts": {"shots": 2},
+        "evaluation": {"max_examples": 6, "bootstrap_resamples": 20},
+        "sft": {"max_examples": 8, "batch_size": 4, "max_steps": 2, "save_steps": 1,
+                "max_length": 2048},
+    }
+    config.update(overrides)
+    path = workdir / "smoke.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@needs_data
+def test_smoke_workflow_builds_both_tables(tmp_path, tiny_model_dir):
+    config = smoke_config(tmp_path, tiny_model_dir)
+    snakemake(tmp_path, "--cores", "2", "--configfile", str(config), "--",
+              "results/tables/glue.csv", "results/tables/superglue.csv")
+
+    glue = pd.read_csv(tmp_path / "results/tables/glue.csv")
+    ours = glue[glue["source"] == "this run"].set_index("method")
+    assert set(ours.index) == {"zero_shot", "few_shot", "sft"}
+    # MNLI is absent from the shared data: its cells say so instead of failing the run.
+    assert (ours["mnli_m_acc"] == "no data").all()
+    # QNLI has a dev set but no train set: zero-shot scores it, few-shot and SFT cannot.
+    assert ours.loc["zero_shot", "qnli_acc"] != "no data"
+    assert ours.loc["sft", "qnli_acc"] == "no data"
+    assert (ours["examples"].astype(int) > 0).all()
+    assert {"paper (GLUE test server)"} <= set(glue["source"])
+    assert (tmp_path / "results/tables/glue.md").read_text().count("|") > 20
+
+    cell = json.loads((tmp_path / "results/metrics/tiny/glue/rte/sft/seed0.json").read_text())
+    assert cell["status"] == "ok" and cell["examples"] == 6
+    assert 0 <= cell["invalid_rate"] <= 100
+    adapter = tmp_path / "results/adapters/tiny/glue/rte/sft/seed0"
+    assert (adapter / "adapter_config.json").is_file()
+    predictions = (tmp_path / "results/predictions/tiny/glue/rte/sft/seed0.jsonl").read_text()
+    assert all("generation" in json.loads(line) for line in predictions.splitlines())
+
+    superglue = pd.read_csv(tmp_path / "results/tables/superglue.csv")
+    assert {"multirc_f1a", "multirc_em"} <= set(superglue.columns)
+
+    # Rerunning one cell: delete its metrics file and only that cell is rebuilt.
+    target = "results/metrics/tiny/glue/rte/zero_shot/seed0.json"
+    (tmp_path / target).unlink()
+    plan = snakemake(tmp_path, "-n", "--configfile", str(config), "--", target).stdout
+    assert "score" in plan and "evaluate" not in plan and "train_sft" not in plan
+
+
+@needs_data
+def test_missing_data_fails_before_any_job_by_default(tmp_path, tiny_model_dir):
+    config = smoke_config(tmp_path, tiny_model_dir,
+                          data={"source": "local", "local_dir": str(SHARED_DATA)})
+    result = snakemake(tmp_path, "-n", "--configfile", str(config), check=False)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    # the first cell without data is named with the paths tried and both ways out
+    assert "no train data for glue/qnli" in output and "tried" in output
+    assert "data.missing: no_data" in output and "data.source: hub" in output
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("override, named", [
+    ({"methods": ["zero_shot", "telepathy"]}, "telepathy"),
+    ({"sft": {"learning_rate": -1}}, "learning_rate"),
+    ({"sft": {"batch_size": "eight"}}, "batch_size"),
+    ({"tasks": {"glue": ["rte", "nope"]}}, "nope"),
+    ({"models": ["gpt-9"]}, "gpt-9"),
+    ({"inference": {"batch_sise": 4}}, "batch_sise"),
+])
+def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path, tiny_model_dir, override, named):
+    config = smoke_config(tmp_path, tiny_model_dir, **override)
+    result = snakemake(tmp_path, "-n", "--configfile", str(config), check=False)
+    assert result.returncode != 0
+    assert named in result.stdout + result.stderr
+
+
+def test_paper_grid_plans_in_a_dry_run(tmp_path):
+    result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "configs" / "paper.yaml"))
+    paper = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    cells = (len(paper["models"]) * sum(map(len, paper["tasks"].values()))
+             * len(paper["methods"]) * len(paper["seeds"]))
+    counts = dict(line.split() for line in result.stdout.splitlines()
+                  if len(line.split()) == 2 and line.split()[1].isdigit())
+    assert int(counts["score"]) == cells == 3 * 21 * len(paper["methods"])
+
+
+def test_lint_is_clean():
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "-s",
+                             str(ROOT / "Snakefile")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,190 @@
+"""Entry points the Snakemake rules call: `python -m rlnlu <command> ...`.
+
+Each command does one step of the paper's pipeline and writes its outputs atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from . import files
+from .tasks import get_task
+
+
+def _task(args):
+    return get_task(args.benchmark, args.task)
+
+
+def cmd_prepare_data(args):
+    from .data import write_split
+
+    write_split(_task(args), args.split, args.source, args.local_dir, args.out)
+
+
+def cmd_convert_model(args):
+    from pathlib import Path
+
+    from .models import convert_gguf, embedded_gguf
+
+    convert_gguf(embedded_gguf(args.package, args.gguf_file), Path(args.out))
+
+
+def cmd_render_prompts(args):
+    from .models import load_tokenizer
+    from .prompts import PromptStyle, render_split, subsample
+
+    task = _task(args)
+    records = subsample(files.read_jsonl(args.records), args.max_examples, args.sample_seed)
+    train_pool = files.read_jsonl(args.train) if args.train else None
+    style = PromptStyle(shots=args.shots, chat_template=args.chat_template,
+                        shot_selection=args.shot_selection, seed=args.seed)
+    tokenizer = load_tokenizer(args.model_location) if args.chat_template else None
+    files.write_jsonl(args.out, render_split(task, records, train_pool, style, tokenizer))
+
+
+def cmd_evaluate(args):
+    import torch
+
+    from .evaluation import predict
+    from .models import load_model, load_tokenizer
+
+    torch.manual_seed(args.seed)
+    task = _task(args)
+    rows = files.read_jsonl(args.prompts)
+    tokenizer = load_tokenizer(args.model_location)
+    model = load_model(args.model_location, args.dtype, args.device, args.adapter)
+    started = time.perf_counter()
+    predictions = predict(task, model, tokenizer, rows, args.batch_size, args.max_new_tokens)
+    logging.info("%d predictions in %.1f s", len(predictions), time.perf_counter() - started)
+    files.write_jsonl(args.out, predictions)
+
+
+def cmd_score(args):
+    from .evaluation import score
+
+    task = _task(args)
+    cell = {"model": args.model, "benchmark": args.benchmark, "task": args.task,
+            "method": args.method, "seed": args.seed}
+    if args.no_data:
+        result = {"status": "no data", "reason": args.no_data}
+    else:
+        result = score(task, files.read_jsonl(args.predictions), args.invalid_policy, args.seed,
+                       args.bootstrap_resamples)
+    files.write_json(args.out, dict(cell, **result))
+
+
+def cmd_train_sft(args):
+    from .sft import SFTSettings, mix_tasks, train_sft
+
+    settings = dict(json.loads(args.settings), seed=args.seed)
+    mixing = {key: settings.pop(key) for key in ("mixing", "cap_per_task") if key in settings}
+    rows_by_task = {path: files.read_jsonl(path) for path in args.train}
+    if len(rows_by_task) == 1:
+        rows = next(iter(rows_by_task.values()))
+    else:
+        rows = mix_tasks(rows_by_task, mixing.get("mixing", "upsample"), args.seed,
+                         mixing.get("cap_per_task"))
+    summary = train_sft(args.model_location, rows, args.adapter, args.work_dir,
+                        SFTSettings.from_config(settings), args.curve_csv, args.curve_png)
+    print(json.dumps(summary))
+
+
+def cmd_tables(args):
+    from .tables import write_tables
+
+    table = write_tables(args.benchmark, args.metrics, args.csv, args.markdown)
+    print(table.to_string(index=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlnlu", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name, fn, *, task=False):
+        sub = commands.add_parser(name)
+        sub.set_defaults(fn=fn)
+        if task:
+            sub.add_argument("--benchmark", required=True)
+            sub.add_argument("--task", required=True)
+        return sub
+
+    sub = command("prepare-data", cmd_prepare_data, task=True)
+    sub.add_argument("--split", required=True)
+    sub.add_argument("--source", choices=["hub", "local"], required=True)
+    sub.add_argument("--local-dir")
+    sub.add_argument("--out", required=True)
+
+    sub = command("convert-model", cmd_convert_model)
+    sub.add_argument("--package", required=True)
+    sub.add_argument("--gguf-file", required=True)
+    sub.add_argument("--out", required=True)
+
+    sub = command("render-prompts", cmd_render_prompts, task=True)
+    sub.add_argument("--records", required=True)
+    sub.add_argument("--train")
+    sub.add_argument("--model-location", required=True)
+    sub.add_argument("--shots", type=int, default=0)
+    sub.add_argument("--shot-selection", choices=["random", "first"], default="random")
+    sub.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=True)
+    sub.add_argument("--max-examples", type=int)
+    sub.add_argument("--sample-seed", type=int, default=0)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--out", required=True)
+
+    sub = command("evaluate", cmd_evaluate, task=True)
+    sub.add_argument("--prompts", required=True)
+    sub.add_argument("--model-location", required=True)
+    sub.add_argument("--adapter", action="append", default=[])
+    sub.add_argument("--dtype", default="auto")
+    sub.add_argument("--device", default="auto")
+    sub.add_argument("--batch-size", type=int, default=8)
+    sub.add_argument("--max-new-tokens", type=int, default=16)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--out", required=True)
+
+    sub = command("score", cmd_score, task=True)
+    sub.add_argument("--model", required=True)
+    sub.add_argument("--method", required=True)
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--predictions")
+    sub.add_argument("--no-data", help="write a 'no data' cell with this reason")
+    sub.add_argument("--invalid-policy", choices=["wrong", "random"], default="wrong")
+    sub.add_argument("--bootstrap-resamples", type=int, default=1000)
+    sub.add_argument("--out", required=True)
+
+    sub = command("train-sft", cmd_train_sft)
+    sub.add_argument("--train", action="append", required=True,
+                     help="training prompts (JSON lines); several make a multi-task mix")
+    sub.add_argument("--model-location", required=True)
+    sub.add_argument("--settings", default="{}", help="SFT settings as a JSON object")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--adapter", required=True)
+    sub.add_argument("--work-dir", required=True)
+    sub.add_argument("--curve-csv", required=True)
+    sub.add_argument("--curve-png")
+
+    sub = command("tables", cmd_tables)
+    sub.add_argument("--benchmark", required=True)
+    sub.add_argument("--csv", required=True)
+    sub.add_argument("--markdown", required=True)
+    sub.add_argument("metrics", nargs="*")
+    return parser
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        # Data, config and file errors carry their own explanation; no traceback needed.
+        logging.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Batched greedy generation that stops each answer at `</Judgement>` (or a token cap)."""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .answers import CLOSE_TAG
+
+
+def needs_special_tokens(tokenizer, prompt: str) -> bool:
+    """A chat-template prompt already carries its BOS; a plain prompt needs the tokenizer's."""
+    return not (tokenizer.bos_token and prompt.startswith(tokenizer.bos_token))
+
+
+@torch.inference_mode()
+def generate_answers(model, tokenizer, prompts: list[str], batch_size: int = 8,
+                     max_new_tokens: int = 16, desc: str = "generating") -> list[str]:
+    """Greedy continuations of `prompts`, in input order.
+
+    Prompts are batched in order of length so that left-padding wastes little compute,
+    and each sequence stops once it has written `</Judgement>` or EOS.
+    """
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    outputs: list[str] = [""] * len(prompts)
+    device = next(model.parameters()).device
+    with tqdm(total=len(prompts), desc=desc, unit="ex") as progress:
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            texts = [prompts[i] for i in batch]
+            encoded = tokenizer(texts, return_tensors="pt", padding=True,
+                                add_special_tokens=needs_special_tokens(tokenizer, texts[0])).to(device)
+            generated = model.generate(
+                **encoded, do_sample=False, max_new_tokens=max_new_tokens,
+                stop_strings=[CLOSE_TAG], tokenizer=tokenizer,
+                pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+            new_tokens = generated[:, encoded["input_ids"].shape[1]:]
+            for i, text in zip(batch, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                outputs[i] = text
+            progress.update(len(batch))
+    return outputs

@@ -1,0 +1,346 @@
+"""GRPO with LoRA: group-relative policy optimisation (Shao et al. 2024, DeepSeekMath) with
+the same label-alignment reward as PPO and evaluation (`answers.reward`).
+
+For each prompt the policy samples a group of `num_generations` answers; each answer's
+advantage is its reward minus the group's mean, divided by the group's standard deviation,
+so no value model is needed. The loss is TRL's clipped surrogate plus β·KL to the reference
+policy. Training runs on TRL's `GRPOTrainer` with a fresh LoRA adapter; like PPO it can be
+seeded from SFT: the SFT adapter is merged into the base weights first, so the reference
+policy (TRL disables the GRPO adapter to get it) is the SFT model.
+
+Facts about TRL 1.16 this module relies on:
+  - `per_device_train_batch_size` counts completions, not prompts, and the generation batch
+    must hold whole groups; one optimizer step here is `prompts_per_step` prompts ×
+    `num_generations` answers, split over `gradient_accumulation` micro-batches (answers are
+    generated once per optimizer step).
+  - A plain-string `prompt` column is not conversational: TRL tokenizes it as it is (with
+    `add_special_tokens=True`, no chat template) and decodes each completion with
+    `skip_special_tokens=True`, so the reward sees plain text. A prompt that already starts
+    with the BOS text (rendered by a chat template) would get a second BOS from a tokenizer
+    that adds one; such prompts lose their leading BOS text here (`trl_prompt`).
+  - Generation stops at EOS or `max_completion_length` tokens, not at `</Judgement>` (TRL
+    cannot pass stop strings to `generate`); the parser reads only the text before the
+    closing tag, so trailing tokens change no reward, though they share the answer's
+    advantage in the loss. An SFT-seeded policy ends with EOS right after the tag.
+  - Extra dataset columns reach reward functions as keyword lists (`label=[...]`, one per
+    completion), together with `log_metric`, which logs a scalar beside `reward` and `kl`.
+  - TRL's default β is 0.0 (no KL term, no reference pass); this module defaults to 0.04,
+    the DeepSeekMath value, to keep the policy near its (SFT) starting point as PPO does.
+  - With `lora_bias="lora_only"` the trained biases live in the base layers, which TRL's
+    reference pass (adapter disabled) does not undo; Llama-family models have no linear
+    biases, so there it changes nothing.
+
+Checkpoints are sealed and resumed exactly as in `sft`.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from . import answers, checkpoints
+from .answers import RewardScheme
+from .files import atomic_dir, atomic_path
+from .generation import needs_special_tokens
+from .models import load_model, load_tokenizer, lora_config, resolve_device, resolve_dtype
+from .sft import DEVICES, DTYPES, resume_point, sealing_callback
+from .tasks import Task
+
+log = logging.getLogger(__name__)
+
+REWARD_FUNCTION_NAME = "label_reward"
+# Curve column -> the key GRPOTrainer (or the reward function) logs it under.
+CURVE_SOURCES = {
+    "step": "step",
+    "reward": "reward",
+    "reward_std": "reward_std",
+    "accuracy": "accuracy",
+    "invalid_rate": "invalid_rate",
+    "kl": "kl",
+    "entropy": "entropy",
+    "completion_length": "completions/mean_length",
+    "loss": "loss",
+    "learning_rate": "learning_rate",
+}
+CURVE_COLUMNS = tuple(CURVE_SOURCES)
+
+
+@dataclass
+class GRPOSettings:
+    # The paper's LoRA (see models.lora_config), as in SFT.
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_rslora: bool = True
+    lora_bias: str = "lora_only"
+    lora_target_modules: str | list[str] = "all-linear"
+    # Optimisation.
+    learning_rate: float = 1e-5
+    prompts_per_step: int = 8  # prompts per optimizer step; each gets num_generations answers
+    num_generations: int = 4  # the group size (at least 2)
+    gradient_accumulation: int = 1  # micro-batches per step; must divide prompts × generations
+    steps: int = 100  # optimizer steps
+    # Sampling and the objective.
+    max_completion_length: int = 16
+    temperature: float = 1.0
+    beta: float = 0.04  # KL coefficient (TRL's own default is 0.0: no KL term)
+    seed: int = 0
+    # Checkpoints and logging.
+    save_steps: int = 50
+    save_total_limit: int = 2  # >= 2: the previous sealed checkpoint survives while the next is written
+    # Hardware.
+    dtype: str = "auto"
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, not {self.dtype!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
+        if self.num_generations < 2:
+            raise ValueError("GRPO needs num_generations >= 2: advantages are relative to the group")
+        if self.prompts_per_step < 1 or self.steps < 1:
+            raise ValueError("prompts_per_step and steps must be at least 1")
+        if self.gradient_accumulation < 1 or self.completions_per_step % self.gradient_accumulation:
+            raise ValueError(f"gradient_accumulation ({self.gradient_accumulation}) must divide "
+                             f"prompts_per_step × num_generations ({self.completions_per_step})")
+        if self.save_total_limit < 2:
+            raise ValueError("save_total_limit must be at least 2, or a kill while saving "
+                             "could leave no sealed checkpoint")
+
+    @property
+    def completions_per_step(self) -> int:
+        return self.prompts_per_step * self.num_generations
+
+    @classmethod
+    def from_config(cls, config: dict) -> "GRPOSettings":
+        """Build settings from a config mapping; a misspelt key is an error, not a default."""
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise TypeError(f"unknown GRPO setting(s): {', '.join(unknown)}; "
+                            f"known settings are {', '.join(sorted(known))}")
+        return cls(**config)
+
+    def lora(self):
+        return lora_config(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                           rslora=self.lora_rslora, bias=self.lora_bias,
+                           target_modules=self.lora_target_modules)
+
+
+# ---------------------------------------------------------------- the reward
+
+def reward_function(task: Task, scheme: RewardScheme | None = None):
+    """A TRL reward function: `(prompts, completions, label=[...], **kwargs) -> [float]`,
+    scoring each completion with `answers.reward` against its row's gold label. Inside a
+    trainer it also logs the share of sampled answers that are correct (`accuracy`,
+    classification only) and unparseable (`invalid_rate`)."""
+    scheme = scheme or RewardScheme()
+
+    def label_reward(prompts, completions, label, log_metric=None, **kwargs) -> list[float]:
+        parsed = [answers.parse_answer(task, completion_text(c)) for c in completions]
+        rewards = [answers.reward(task, answer, gold, scheme) for answer, gold in zip(parsed, label)]
+        if log_metric is not None and parsed:
+            log_metric("invalid_rate", sum(not a.valid for a in parsed) / len(parsed))
+            if not task.is_regression:
+                log_metric("accuracy", sum(a.valid and a.label == gold
+                                           for a, gold in zip(parsed, label)) / len(parsed))
+        return rewards
+
+    label_reward.__name__ = label_reward.__qualname__ = REWARD_FUNCTION_NAME  # TRL logs under it
+    return label_reward
+
+
+def completion_text(completion) -> str:
+    """The answer text: a string for plain prompts, the last message for chat-format ones."""
+    return completion if isinstance(completion, str) else completion[-1]["content"]
+
+
+# ---------------------------------------------------------------- data and trainer
+
+def adds_bos(tokenizer) -> bool:
+    ids = tokenizer("a")["input_ids"]
+    return tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id]
+
+
+def trl_prompt(tokenizer, prompt: str) -> str:
+    """The prompt as TRL must receive it to tokenize it as evaluation does: TRL always adds
+    special tokens, so a prompt that already carries its BOS text drops it when the
+    tokenizer would add a BOS itself."""
+    if not needs_special_tokens(tokenizer, prompt) and adds_bos(tokenizer):
+        return prompt[len(tokenizer.bos_token):]
+    return prompt
+
+
+def training_dataset(rows: list[dict], tokenizer):
+    """The prompt-only dataset GRPOTrainer expects, with the gold `label` column beside it."""
+    from datasets import Dataset
+
+    rows = [row for row in rows if row.get("label") is not None]
+    if not rows:
+        raise ValueError("GRPO needs labelled prompt rows")
+    return Dataset.from_dict({"prompt": [trl_prompt(tokenizer, row["prompt"]) for row in rows],
+                              "label": [row["label"] for row in rows]})
+
+
+def trainer_config(settings: GRPOSettings, work_dir: Path, device: str, dtype):
+    import torch
+    from trl import GRPOConfig
+
+    on_cpu = device == "cpu"
+    return GRPOConfig(
+        output_dir=str(work_dir),
+        learning_rate=settings.learning_rate,
+        # TRL counts completions; a step is prompts_per_step whole groups.
+        per_device_train_batch_size=settings.completions_per_step // settings.gradient_accumulation,
+        gradient_accumulation_steps=settings.gradient_accumulation,
+        num_generations=settings.num_generations,
+        max_completion_length=settings.max_completion_length,
+        temperature=settings.temperature,
+        top_p=1.0,
+        top_k=0,
+        beta=settings.beta,
+        max_steps=settings.steps,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        logging_strategy="steps",
+        logging_steps=1,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        dataloader_num_workers=0,
+        use_vllm=False,
+        # As in sft.trainer_config: TRL defaults bf16 and checkpointing on, which fail on CPU.
+        use_cpu=on_cpu,
+        bf16=not on_cpu and dtype == torch.bfloat16,
+        activation_checkpointing=not on_cpu,
+        report_to="none",
+        disable_tqdm=False,
+    )
+
+
+def build_trainer(model_location: str, rows: list[dict], task: Task, work_dir,
+                  settings: GRPOSettings, seed_adapter: str | None = None,
+                  reward_scheme: RewardScheme | None = None):
+    """A TRL GRPOTrainer with a fresh LoRA adapter on the base model (with the SFT adapter
+    `seed_adapter` merged into it, when given), checkpointing into `work_dir`."""
+    from transformers import set_seed
+
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    tokenizer = load_tokenizer(model_location)
+    dataset = training_dataset(rows, tokenizer)
+    if len(dataset) < settings.prompts_per_step:
+        raise ValueError(f"{len(dataset)} labelled prompts cannot fill a step of "
+                         f"prompts_per_step={settings.prompts_per_step}")
+    log.info("GRPO of %s on %s, %d prompts, seeded from %s, device %s, dtype %s, settings %s",
+             model_location, task.key, len(dataset), seed_adapter or "the base model",
+             device, dtype, asdict(settings))
+    set_seed(settings.seed)
+    model = load_model(model_location, settings.dtype, device,
+                       adapters=[seed_adapter] if seed_adapter else ())
+    return resumable_grpo_trainer()(
+        model=model,
+        reward_funcs=reward_function(task, reward_scheme),
+        args=trainer_config(settings, Path(work_dir), device, dtype),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=settings.lora(),
+        callbacks=[sealing_callback()],
+    )
+
+
+def resumable_grpo_trainer():
+    """GRPOTrainer whose prompt order depends on the seed and the epoch only, so a resumed run
+    draws the prompts an uninterrupted one would. TRL's RepeatSampler keeps one generator
+    running across epochs and has no `set_epoch`; a resumed Trainer would start it afresh in a
+    later epoch. Trainer calls `set_epoch` before each epoch where a sampler has one."""
+    from trl import GRPOTrainer
+
+    class ResumableGRPOTrainer(GRPOTrainer):
+        def _get_train_sampler(self, dataset=None):
+            sampler = super()._get_train_sampler(dataset)
+            if sampler.shuffle:
+                sampler.set_epoch = lambda epoch: sampler.generator.manual_seed(
+                    (sampler.seed or 0) + epoch)
+            return sampler
+
+    return ResumableGRPOTrainer
+
+
+def train_grpo(model_location: str, rows: list[dict], task: Task, adapter_dir, work_dir,
+               settings: GRPOSettings, curve_csv, curve_png=None, seed_adapter: str | None = None,
+               reward_scheme: RewardScheme | None = None) -> dict:
+    """Train a LoRA adapter with GRPO on prompt rows ("prompt" ending in <Judgement>,
+    "label") and save it as a PEFT folder in `adapter_dir`. Seeded from SFT, the adapter
+    sits on top of `seed_adapter` (load both, in that order).
+
+    Resumes from the newest sealed checkpoint in `work_dir` if there is one.
+    Returns a summary: steps, the last step's curve row, prompts, wall seconds, resumed step.
+    """
+    started = time.monotonic()
+    trainer = build_trainer(model_location, rows, task, work_dir, settings, seed_adapter,
+                            reward_scheme)
+
+    resume_from = resume_point(Path(work_dir))
+    if resume_from is None:
+        log.info("no sealed checkpoint in %s; training from the start", work_dir)
+    else:
+        log.info("resuming from %s at step %d", resume_from, checkpoints.step_of(resume_from))
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    with atomic_dir(adapter_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+    curve = reward_curve(trainer.state.log_history)
+    write_curve(curve, curve_csv)
+    if curve_png is not None:
+        plot_curve(curve, curve_png, title=f"GRPO on {task.key}, {Path(model_location).name}")
+    summary = {
+        "steps": trainer.state.global_step,
+        "final": curve[-1] if curve else {},
+        "prompts": len(trainer.train_dataset),
+        "seed_adapter": str(seed_adapter) if seed_adapter else None,
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "resumed_from_step": checkpoints.step_of(resume_from) if resume_from else None,
+    }
+    log.info("GRPO done: %s", summary)
+    return summary
+
+
+# ---------------------------------------------------------------- curves
+
+def reward_curve(log_history: list[dict]) -> list[dict]:
+    """One row per logged step (a resumed run's history includes the earlier steps); a value
+    the trainer did not log (kl when beta is 0, accuracy for STS-B) is left empty."""
+    return [{column: entry.get(key) for column, key in CURVE_SOURCES.items()}
+            for entry in log_history if "reward" in entry]
+
+
+def write_curve(curve: list[dict], path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=CURVE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(curve)
+
+
+def plot_curve(curve: list[dict], path, title: str) -> None:
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    panels = (("reward",), ("accuracy", "invalid_rate"), ("kl",), ("entropy",))
+    figure = Figure(figsize=(10, 5), layout="constrained")
+    figure.suptitle(title)
+    for axes, names in zip(figure.subplots(2, 2).flat, panels):
+        for name in names:
+            points = [(row["step"], row[name]) for row in curve if row[name] is not None]
+            if points:
+                axes.plot(*zip(*points), label=name)
+        if name == "reward" and curve:
+            axes.fill_between([row["step"] for row in curve],
+                              [row["reward"] - (row["reward_std"] or 0) for row in curve],
+                              [row["reward"] + (row["reward_std"] or 0) for row in curve], alpha=0.2)
+        axes.set_xlabel("GRPO step")
+        axes.legend()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")

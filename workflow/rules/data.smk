@@ -1,0 +1,15 @@
+# Canonical records per (benchmark, task, split), from the hub or a local mirror.
+
+
+rule prepare_data:
+    output:
+        "resources/data/{benchmark}/{task}/{split}.jsonl",
+    params:
+        source=config["data"]["source"],
+        local_dir=lambda wildcards: shlex.quote(str(config["data"]["local_dir"] or "")),
+    log:
+        "logs/prepare_data/{benchmark}/{task}/{split}.log",
+    shell:
+        "{PY} prepare-data --benchmark {wildcards.benchmark} --task {wildcards.task} "
+        "--split {wildcards.split} --source {params.source} --local-dir {params.local_dir} "
+        "--out {output} > {log} 2>&1"

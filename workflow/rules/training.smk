@@ -1,0 +1,63 @@
+# LoRA fine-tuning. Each adapter is a standard PEFT folder and the rule's output; checkpoints
+# live under resources/checkpoints/ (not a declared output), so a killed job's rerun resumes
+# there instead of Snakemake deleting them with the incomplete output.
+
+
+def train_prompts(benchmark, task_name, model):
+    return f"results/prompts/{model}/{benchmark}/{task_name}/zero_shot/train.jsonl"
+
+
+def json_arg(value):
+    return shlex.quote(json.dumps(value, sort_keys=True))
+
+
+rule train_sft:
+    input:
+        train=lambda wildcards: train_prompts(wildcards.benchmark, wildcards.task, wildcards.model),
+        model=model_input,
+    output:
+        adapter=directory("results/adapters/{model}/{benchmark}/{task}/sft/seed{seed}"),
+        curve="results/curves/{model}/{benchmark}/{task}/sft/seed{seed}.csv",
+        plot="results/plots/curves/{model}/{benchmark}/{task}/sft/seed{seed}.png",
+    params:
+        location=model_location,
+        settings=json_arg(GRID.sft_settings("sft")),
+        work_dir="resources/checkpoints/{model}/{benchmark}/{task}/sft/seed{seed}",
+    threads: 4
+    log:
+        "logs/train_sft/{model}/{benchmark}/{task}/seed{seed}.log",
+    benchmark:
+        "benchmarks/train_sft/{model}/{benchmark}/{task}/seed{seed}.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} {PY} train-sft --train {input.train} "
+        "--model-location {params.location} --settings {params.settings} --seed {wildcards.seed} "
+        "--adapter {output.adapter} --work-dir {params.work_dir} --curve-csv {output.curve} "
+        "--curve-png {output.plot} > {log} 2>&1"
+
+
+rule train_sft_multi:
+    input:
+        train=lambda wildcards: [
+            train_prompts(wildcards.benchmark, task.name, wildcards.model)
+            for task in GRID.multi_task_train_tasks(wildcards.benchmark)
+        ],
+        model=model_input,
+    output:
+        adapter=directory("results/adapters/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}"),
+        curve="results/curves/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}.csv",
+        plot="results/plots/curves/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}.png",
+    params:
+        location=model_location,
+        settings=json_arg(GRID.sft_settings("sft_multi")),
+        train=lambda wildcards, input: " ".join(f"--train {path}" for path in input.train),
+        work_dir="resources/checkpoints/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}",
+    threads: 4
+    log:
+        "logs/train_sft_multi/{model}/{benchmark}/seed{seed}.log",
+    benchmark:
+        "benchmarks/train_sft_multi/{model}/{benchmark}/seed{seed}.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} {PY} train-sft {params.train} "
+        "--model-location {params.location} --settings {params.settings} --seed {wildcards.seed} "
+        "--adapter {output.adapter} --work-dir {params.work_dir} --curve-csv {output.curve} "
+        "--curve-png {output.plot} > {log} 2>&1"

@@ -74,5 +74,5 @@ def write_tables(benchmark: str, metric_files: list[str], csv_path: str, md_path
     table = benchmark_table(benchmark, cells)
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp, index=False)
-    write_text(md_path, table.fillna("").to_markdown(index=False) + "\n")
+    write_text(md_path, table.astype(object).fillna("").to_markdown(index=False) + "\n")
     return table

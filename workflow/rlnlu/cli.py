@@ -92,6 +92,36 @@ def cmd_train_sft(args):
     print(json.dumps(summary))
 
 
+def _keyed_train_rows(pairs: list[str]) -> dict[str, list[dict]]:
+    """`benchmark/task=path` arguments -> the prompt rows of each task, tagged with it."""
+    rows_by_task = {}
+    for pair in pairs:
+        key, _, path = pair.partition("=")
+        get_task(*key.split("/"))  # an unknown task fails here, by name
+        rows_by_task[key] = [dict(row, task=key) for row in files.read_jsonl(path)]
+    return rows_by_task
+
+
+def cmd_train_ppo(args):
+    from .answers import RewardScheme
+    from .ppo import PPOSettings, train_ppo
+    from .sft import mix_tasks
+
+    settings = dict(json.loads(args.settings), seed=args.seed)
+    mixing = {key: settings.pop(key) for key in ("mixing", "cap_per_task") if key in settings}
+    rows_by_task = _keyed_train_rows(args.train)
+    single = len(rows_by_task) == 1
+    rows = (next(iter(rows_by_task.values())) if single else
+            mix_tasks(rows_by_task, mixing.get("mixing", "upsample"), args.seed,
+                      mixing.get("cap_per_task")))
+    task = get_task(*next(iter(rows_by_task)).split("/")) if single else None
+    summary = train_ppo(args.model_location, rows, task, args.adapter, args.work_dir,
+                        PPOSettings.from_config(settings), args.curve_csv, args.curve_png,
+                        seed_adapter=args.seed_adapter,
+                        reward_scheme=RewardScheme(**json.loads(args.reward)))
+    print(json.dumps(summary, default=str))
+
+
 def cmd_tables(args):
     from .tables import write_tables
 
@@ -160,6 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="training prompts (JSON lines); several make a multi-task mix")
     sub.add_argument("--model-location", required=True)
     sub.add_argument("--settings", default="{}", help="SFT settings as a JSON object")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--adapter", required=True)
+    sub.add_argument("--work-dir", required=True)
+    sub.add_argument("--curve-csv", required=True)
+    sub.add_argument("--curve-png")
+
+    sub = command("train-ppo", cmd_train_ppo)
+    sub.add_argument("--train", action="append", required=True, metavar="BENCHMARK/TASK=PATH",
+                     help="training prompts of a task; several make a multi-task run")
+    sub.add_argument("--model-location", required=True)
+    sub.add_argument("--seed-adapter", help="SFT adapter merged into the base before PPO")
+    sub.add_argument("--settings", default="{}", help="PPO settings as a JSON object")
+    sub.add_argument("--reward", default="{}", help="reward values as a JSON object")
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--adapter", required=True)
     sub.add_argument("--work-dir", required=True)

@@ -149,3 +149,11 @@ class Grid:
             settings.pop("max_examples", None)  # the mix caps per task instead
             settings.update(self.config.get("sft_multi", {}))
         return settings
+
+    def rl_settings(self, method: str) -> dict:
+        """Settings of an RL method's trainer: `ppo` / `grpo`, with `ppo_multi`'s overrides."""
+        base = method.removesuffix("_multi")
+        settings = {k: v for k, v in self.config.get(base, {}).items() if k != "seed_from"}
+        if method.endswith("_multi"):
+            settings.update(self.config.get(method, {}))
+        return settings

@@ -41,7 +41,7 @@ from .answers import CLOSE_TAG, RewardScheme
 from .files import atomic_dir, atomic_path, write_text
 from .generation import needs_special_tokens
 from .models import load_tokenizer, lora_config, resolve_device, resolve_dtype
-from .tasks import Task
+from .tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
 CURVE_COLUMNS = ("step", "reward", "accuracy", "invalid_rate", "kl", "kl_coef", "entropy",
@@ -427,7 +427,15 @@ def plot_curve(path, curve: list[dict], title: str) -> None:
 
 # ---------------------------------------------------------------- the training loop
 
-def train_ppo(model_location: str, rows: list[dict], task: Task, adapter_dir, work_dir,
+def task_of(row: dict, default: Task) -> Task:
+    """The task a prompt row belongs to: multi-task PPO mixes rows that name their task."""
+    if "task" in row:
+        benchmark, name = row["task"].split("/")
+        return get_task(benchmark, name)
+    return default
+
+
+def train_ppo(model_location: str, rows: list[dict], task: Task | None, adapter_dir, work_dir,
               settings: PPOSettings, curve_csv, curve_png=None, seed_adapter: str | None = None,
               reward_scheme: RewardScheme | None = None,
               log: Callable[[str], None] = logger.info) -> dict:
@@ -461,7 +469,7 @@ def train_ppo(model_location: str, rows: list[dict], task: Task, adapter_dir, wo
         curve = load_checkpoint(checkpoint, model, value_head, optimizer, kl_controller, rng)
 
     progress = tqdm(range(start, settings.steps), initial=start, total=settings.steps,
-                    desc=f"PPO {task.key}")
+                    desc=f"PPO {task.key if task else 'multi-task'}")
     for step in progress:
         # 1. rollout: the policy answers a seeded sample of prompts
         sample = rng.sample(rows, min(settings.prompts_per_step, len(rows)))
@@ -472,9 +480,10 @@ def train_ppo(model_location: str, rows: list[dict], task: Task, adapter_dir, wo
         response_length = mask.size(1)
 
         # 2. reward: the finished answers, scored against the gold labels
-        parsed = [answers.parse_answer(task, text) for text in texts]
-        score = torch.tensor([answers.reward(task, answer, row["label"], scheme)
-                              for answer, row in zip(parsed, sample)],
+        tasks = [task_of(row, task) for row in sample]
+        parsed = [answers.parse_answer(t, text) for t, text in zip(tasks, texts)]
+        score = torch.tensor([answers.reward(t, answer, row["label"], scheme)
+                              for t, answer, row in zip(tasks, parsed, sample)],
                              dtype=torch.float32, device=mask.device)
 
         # 3. evaluate: old policy, reference policy (adapter off) and values, no gradient
@@ -505,11 +514,12 @@ def train_ppo(model_location: str, rows: list[dict], task: Task, adapter_dir, wo
         kl_coef = kl_controller.value
         kl_controller.update(kl, len(sample))
 
-        correct = [a.valid and a.label == row["label"] for a, row in zip(parsed, sample)]
+        # a similarity score is never exactly "correct": STS-B answers have no accuracy
+        correct = [a.valid and a.label == row["label"]
+                   for t, a, row in zip(tasks, parsed, sample) if not t.is_regression]
         curve.append({
             "step": step + 1, "reward": score.mean().item(),
-            # a similarity score is never exactly "correct": no accuracy for STS-B
-            "accuracy": float("nan") if task.is_regression else float(np.mean(correct)),
+            "accuracy": float(np.mean(correct)) if correct else float("nan"),
             "invalid_rate": float(np.mean([not a.valid for a in parsed])),
             "kl": kl, "kl_coef": kl_coef, "entropy": masked_mean(entropy, mask).item(),
             **update, "response_length": mask.sum(dim=1).mean().item()})
@@ -523,7 +533,7 @@ def train_ppo(model_location: str, rows: list[dict], task: Task, adapter_dir, wo
         model.save_pretrained(tmp)
     write_curve(curve_csv, curve)
     if curve_png:
-        plot_curve(curve_png, curve, f"PPO on {task.key}")
+        plot_curve(curve_png, curve, f"PPO on {task.key if task else 'all tasks'}")
     log(f"PPO finished {settings.steps} steps; adapter in {adapter_dir}")
     return {"steps": settings.steps, "resumed_from_step": start if checkpoint else None,
             "final": curve[-1] if curve else {}, "settings": asdict(settings)}

@@ -61,3 +61,73 @@ rule train_sft_multi:
         "--model-location {params.location} --settings {params.settings} --seed {wildcards.seed} "
         "--adapter {output.adapter} --work-dir {params.work_dir} --curve-csv {output.curve} "
         "--curve-png {output.plot} > {log} 2>&1"
+
+
+def rl_train_tasks(wildcards, method):
+    if method.endswith("_multi"):
+        return GRID.multi_task_train_tasks(wildcards.benchmark)
+    return [get_task(wildcards.benchmark, wildcards.task)]
+
+
+def rl_inputs(wildcards, method):
+    """Training prompts and the SFT adapter an RL run starts from (if it is seeded)."""
+    tasks = rl_train_tasks(wildcards, method)
+    cell = grid.Cell(wildcards.model, wildcards.benchmark,
+                     getattr(wildcards, "task", tasks[0].name), method, int(wildcards.seed))
+    return {"train": [train_prompts(t.benchmark, t.name, wildcards.model) for t in tasks],
+            "seed_adapter": GRID.adapter_chain(cell)[:-1]}
+
+
+def rl_train_options(wildcards, input, method):
+    """`--train benchmark/task=path` per task (the reward needs each row's task)."""
+    tasks = rl_train_tasks(wildcards, method)
+    options = [f"--train {t.key}={path}" for t, path in zip(tasks, input.train)]
+    options += [f"--seed-adapter {path}" for path in input.seed_adapter]
+    return " ".join(options)
+
+
+rule train_ppo:
+    input:
+        unpack(lambda wildcards: rl_inputs(wildcards, "ppo")),
+        model=model_input,
+    output:
+        adapter=directory("results/adapters/{model}/{benchmark}/{task}/ppo/seed{seed}"),
+        curve="results/curves/{model}/{benchmark}/{task}/ppo/seed{seed}.csv",
+        plot="results/plots/curves/{model}/{benchmark}/{task}/ppo/seed{seed}.png",
+    params:
+        location=model_location,
+        options=lambda wildcards, input: rl_train_options(wildcards, input, "ppo"),
+        settings=json_arg(GRID.rl_settings("ppo")),
+        reward=json_arg(config["reward"]),
+        work_dir="resources/checkpoints/{model}/{benchmark}/{task}/ppo/seed{seed}",
+    threads: 4
+    log:
+        "logs/train_ppo/{model}/{benchmark}/{task}/seed{seed}.log",
+    benchmark:
+        "benchmarks/train_ppo/{model}/{benchmark}/{task}/seed{seed}.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} {PY} train-ppo {params.options} "
+        "--model-location {params.location} --settings {params.settings} "
+        "--reward {params.reward} --seed {wildcards.seed} --adapter {output.adapter} "
+        "--work-dir {params.work_dir} --curve-csv {output.curve} --curve-png {output.plot} "
+        "> {log} 2>&1"
+
+
+use rule train_ppo as train_ppo_multi with:
+    input:
+        unpack(lambda wildcards: rl_inputs(wildcards, "ppo_multi")),
+        model=model_input,
+    output:
+        adapter=directory("results/adapters/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}"),
+        curve="results/curves/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}.csv",
+        plot="results/plots/curves/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}.png",
+    params:
+        location=model_location,
+        options=lambda wildcards, input: rl_train_options(wildcards, input, "ppo_multi"),
+        settings=json_arg(GRID.rl_settings("ppo_multi")),
+        reward=json_arg(config["reward"]),
+        work_dir="resources/checkpoints/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}",
+    log:
+        "logs/train_ppo_multi/{model}/{benchmark}/seed{seed}.log",
+    benchmark:
+        "benchmarks/train_ppo_multi/{model}/{benchmark}/seed{seed}.tsv"

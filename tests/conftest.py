@@ -1,6 +1,10 @@
 """Shared test fixtures."""
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 
 TINY_SENTENCES = [
@@ -43,3 +47,57 @@ def tiny_model_dir(tmp_path_factory):
                          initializer_range=0.1)
     LlamaForCausalLM(config).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """On 2 shared cores a tiny model runs ~10x faster single-threaded. RL test modules use it
+    for all their tests (`pytestmark`); their kill-and-resume subprocesses use the same setting
+    so both compute identically."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def learnable_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny Llama's architecture and tokenizer with weights of our own: 0.02-std layers
+    and 6x larger (tied) embeddings, so the logits are peaked enough for LoRA to make "Yes"
+    likely, while it is still said only ~5% of the time at the start."""
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-learnable")
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.initializer_range = 0.02
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(6.0)
+    model.save_pretrained(folder)
+    for name in os.listdir(tiny_model_dir):
+        if name.startswith("tokenizer"):
+            shutil.copy(Path(tiny_model_dir) / name, folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def rte_rows():
+    """Makes `n` RTE prompt rows, all labelled entailment (answered "Yes")."""
+    def make(n: int) -> list[dict]:
+        return [{"idx": i, "label": "entailment",
+                 "prompt": f"Human: Premise: A man plays {i}. Hypothesis: Someone plays.\n\n"
+                           "Assistant: <Judgement>"} for i in range(n)]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def yes_or_not():
+    """+1 for a correct answer, -1 otherwise: on `rte_rows`, +1 iff the answer is "Yes"."""
+    from rlnlu.answers import RewardScheme
+
+    return RewardScheme(correct=1.0, wrong=-1.0, invalid=-1.0)

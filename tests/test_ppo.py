@@ -2,6 +2,7 @@
 log-probabilities, learning a simple reward, and kill-and-resume determinism."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from rlnlu import ppo
-from rlnlu.answers import CLOSE_TAG, RewardScheme
+from rlnlu.answers import CLOSE_TAG
 from rlnlu.models import load_tokenizer
 from rlnlu.ppo import (AdaptiveKLController, FixedKLController, PPOSettings, compute_gae,
                        masked_whiten, per_token_rewards, policy_loss, value_loss)
@@ -24,36 +25,22 @@ from rlnlu.tasks import get_task
 
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
 RTE = get_task("glue", "rte")  # label "entailment" is answered "Yes"
-YES_OR_NOT = RewardScheme(correct=1.0, wrong=-1.0, invalid=-1.0)  # +1 iff the answer is "Yes"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On 2 shared cores a tiny model runs ~10x faster single-threaded; the kill-and-resume
-    # subprocess uses the same setting so both compute identically.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def t(*values):
     return torch.tensor(values, dtype=torch.float32)
 
 
-def rte_rows(n: int) -> list[dict]:
-    return [{"idx": i, "label": "entailment",
-             "prompt": f"Human: Premise: A man plays {i}. Hypothesis: Someone plays.\n\n"
-                       "Assistant: <Judgement>"} for i in range(n)]
-
-
 # ---------------------------------------------------------------- settings
 
-def test_settings_from_config_nested_and_unknown_keys():
+def test_settings_from_config_flat_lora_nested_kl_and_unknown_keys():
     settings = PPOSettings.from_config({"learning_rate": 1e-5, "kl": {"target": 3.0},
-                                        "lora": {"r": 8}})
+                                        "lora_r": 8})
     assert (settings.learning_rate, settings.kl.target, settings.kl.horizon) == (1e-5, 3.0, 10000)
-    assert (settings.lora.r, settings.lora.alpha, settings.ppo_epochs) == (8, 32, 3)
+    assert (settings.lora_r, settings.lora_alpha, settings.ppo_epochs) == (8, 32, 3)
+    with pytest.raises(TypeError, match="unknown ppo setting.*: lora;"):  # LoRA keys are flat
+        PPOSettings.from_config({"lora": {"r": 8}})
     with pytest.raises(TypeError, match="bogus, other"):
         PPOSettings.from_config({"bogus": 1, "other": 2})
     with pytest.raises(TypeError, match="ppo.kl.*targett"):
@@ -162,14 +149,14 @@ def test_answer_end_stops_at_close_tag_or_eos(tiny_model_dir):
     assert ppo.answer_end(tokenizer, junk, {eos}, True) == len(junk)
 
 
-def sampled_batch(model, tokenizer, settings, length=6):
-    prompts = [row["prompt"] for row in rte_rows(3)]
+def sampled_batch(model, tokenizer, settings, rows, length=6):
+    prompts = [row["prompt"] for row in rows]
     prompts[1] = "Short: <Judgement>"  # prompts of different lengths: real left padding
     with torch.no_grad():
         return ppo.rollout(model, tokenizer, prompts, length, settings)
 
 
-def test_response_logprobs_equal_full_forward_and_generation(tiny_model_dir):
+def test_response_logprobs_equal_full_forward_and_generation(tiny_model_dir, rte_rows):
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(tiny_model_dir)
@@ -178,7 +165,7 @@ def test_response_logprobs_equal_full_forward_and_generation(tiny_model_dir):
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     value_head = torch.nn.Linear(base.config.hidden_size, 1)
-    input_ids, attention_mask, mask, _ = sampled_batch(base, tokenizer, settings)
+    input_ids, attention_mask, mask, _ = sampled_batch(base, tokenizer, settings, rte_rows(3))
     assert (attention_mask == 0).any()
     length = mask.size(1)
     with torch.no_grad():
@@ -231,21 +218,22 @@ def biased_model_dir(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("with_biases", [False, True], ids=["no-biases", "trained-biases"])
-def test_reference_policy_is_the_base_model(tiny_model_dir, biased_model_dir, with_biases):
+def test_reference_policy_is_the_base_model(tiny_model_dir, biased_model_dir, rte_rows,
+                                            with_biases):
     from transformers import AutoModelForCausalLM
 
     location = biased_model_dir if with_biases else tiny_model_dir
     tokenizer = load_tokenizer(location)
     settings = PPOSettings.from_config({"device": "cpu", "optimizer": "adamw",
                                         "learning_rate": 1e-2, "ppo_epochs": 1,
-                                        "lora": {"dropout": 0.0}})
+                                        "lora_dropout": 0.0})
     torch.manual_seed(0)
     model, value_head = ppo.build_policy(location, settings)
     model.eval()
     initial_biases = ppo.trainable_biases(model)
     assert bool(initial_biases) == with_biases
     base = AutoModelForCausalLM.from_pretrained(location).eval()
-    input_ids, attention_mask, mask, _ = sampled_batch(model, tokenizer, settings)
+    input_ids, attention_mask, mask, _ = sampled_batch(model, tokenizer, settings, rte_rows(3))
     length = mask.size(1)
 
     def logprobs_of(m, reference=False):
@@ -273,7 +261,7 @@ def test_reference_policy_is_the_base_model(tiny_model_dir, biased_model_dir, wi
     assert torch.equal(logprobs_of(model), policy_logprobs)  # trained biases are back
 
 
-def test_seed_adapter_is_merged_into_the_reference(tiny_model_dir, tmp_path):
+def test_seed_adapter_is_merged_into_the_reference(tiny_model_dir, rte_rows, tmp_path):
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -293,7 +281,7 @@ def test_seed_adapter_is_merged_into_the_reference(tiny_model_dir, tmp_path):
     model, _ = ppo.build_policy(tiny_model_dir, settings, seed_adapter=str(seed_adapter))
     model.eval()
     tokenizer = load_tokenizer(tiny_model_dir)
-    input_ids, attention_mask, mask, _ = sampled_batch(model, tokenizer, settings)
+    input_ids, attention_mask, mask, _ = sampled_batch(model, tokenizer, settings, rte_rows(3))
     length = mask.size(1)
     with torch.no_grad():
         with ppo.reference_policy(model, ppo.trainable_biases(model)):
@@ -308,28 +296,8 @@ def test_seed_adapter_is_merged_into_the_reference(tiny_model_dir, tmp_path):
 
 # ---------------------------------------------------------------- training
 
-@pytest.fixture(scope="module")
-def learnable_model_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny Llama's architecture and tokenizer with weights of our own: 0.02-std layers
-    and 6x larger (tied) embeddings, so the logits are peaked enough for LoRA to make "Yes"
-    likely, while it is still said only ~5% of the time at the start."""
-    from transformers import AutoConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-learnable")
-    config = AutoConfig.from_pretrained(tiny_model_dir)
-    config.initializer_range = 0.02
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(6.0)
-    model.save_pretrained(folder)
-    for name in os.listdir(tiny_model_dir):
-        if name.startswith("tokenizer"):
-            shutil.copy(Path(tiny_model_dir) / name, folder)
-    return str(folder)
-
-
-def test_mean_reward_rises_on_a_learnable_reward(learnable_model_dir, tmp_path):
+def test_mean_reward_rises_on_a_learnable_reward(learnable_model_dir, rte_rows, yes_or_not,
+                                                 tmp_path):
     settings = PPOSettings.from_config({
         "optimizer": "adamw", "learning_rate": 5e-3, "steps": 24, "save_steps": 0,
         "response_length_min": 8, "response_length_max": 16, "seed": 0, "device": "cpu",
@@ -337,9 +305,7 @@ def test_mean_reward_rises_on_a_learnable_reward(learnable_model_dir, tmp_path):
     curve_csv, curve_png = tmp_path / "curve.csv", tmp_path / "curve.png"
     result = ppo.train_ppo(learnable_model_dir, rte_rows(32), RTE, tmp_path / "adapter",
                            tmp_path / "work", settings, curve_csv, curve_png,
-                           reward_scheme=YES_OR_NOT, log=lambda message: None)
-    import csv
-
+                           reward_scheme=yes_or_not, log=lambda message: None)
     curve = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(open(curve_csv))]
     assert list(curve[0]) == list(ppo.CURVE_COLUMNS)
     assert [row["step"] for row in curve] == list(range(1, 25))
@@ -371,7 +337,8 @@ ppo.train_ppo(args["model"], args["rows"], get_task("glue", "rte"), args["adapte
 """
 
 
-def test_killed_and_resumed_run_equals_uninterrupted(learnable_model_dir, tmp_path):
+def test_killed_and_resumed_run_equals_uninterrupted(learnable_model_dir, rte_rows, yes_or_not,
+                                                     tmp_path):
     from safetensors.torch import load_file
 
     rows = rte_rows(12)
@@ -395,14 +362,14 @@ def test_killed_and_resumed_run_equals_uninterrupted(learnable_model_dir, tmp_pa
     settings = PPOSettings.from_config(RESUME_CONFIG)
     messages = []
     resumed = ppo.train_ppo(learnable_model_dir, rows, RTE, killed / "adapter", killed / "work",
-                            settings, killed / "curve.csv", reward_scheme=YES_OR_NOT,
+                            settings, killed / "curve.csv", reward_scheme=yes_or_not,
                             log=messages.append)
     assert any(m.startswith("resuming from") for m in messages), messages
     assert resumed["resumed_from_step"] >= 2
 
     straight = tmp_path / "straight"
     ppo.train_ppo(learnable_model_dir, rows, RTE, straight / "adapter", straight / "work",
-                  settings, straight / "curve.csv", reward_scheme=YES_OR_NOT,
+                  settings, straight / "curve.csv", reward_scheme=yes_or_not,
                   log=lambda message: None)
     resumed_tensors = load_file(killed / "adapter" / "adapter_model.safetensors")
     straight_tensors = load_file(straight / "adapter" / "adapter_model.safetensors")

@@ -30,23 +30,26 @@ Facts about TRL 1.16 this module relies on:
     reference pass (adapter disabled) does not undo; Llama-family models have no linear
     biases, so there it changes nothing.
 
-Checkpoints are sealed and resumed exactly as in `sft`.
+Checkpoints are sealed and resumed as in `sft` (see `training`). TRL's prompt sampler keeps
+one random generator running across epochs, which a resumed run would restart; here it is
+reseeded at each epoch (`resumable_grpo_trainer`), so on CPU a resumed run ends with the same
+adapter as an uninterrupted one.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import answers, checkpoints
+from . import answers
 from .answers import RewardScheme
-from .files import atomic_dir, atomic_path
 from .generation import needs_special_tokens
-from .models import load_model, load_tokenizer, lora_config, resolve_device, resolve_dtype
-from .sft import DEVICES, DTYPES, resume_point, sealing_callback
+from .models import load_model, load_tokenizer, resolve_device, resolve_dtype
 from .tasks import Task
+from .training import (LoraSettings, check_trainer_settings, common_trainer_args,
+                       curve_from_log_history, plot_curves, sealing_callback,
+                       settings_from_config, train_and_save_adapter, write_curve_csv)
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +68,11 @@ CURVE_SOURCES = {
     "learning_rate": "learning_rate",
 }
 CURVE_COLUMNS = tuple(CURVE_SOURCES)
+CURVE_PANELS = (("reward",), ("accuracy", "invalid_rate"), ("kl",), ("entropy",))
 
 
 @dataclass
-class GRPOSettings:
-    # The paper's LoRA (see models.lora_config), as in SFT.
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_rslora: bool = True
-    lora_bias: str = "lora_only"
-    lora_target_modules: str | list[str] = "all-linear"
+class GRPOSettings(LoraSettings):  # lora_* fields: the paper's LoRA, as in SFT
     # Optimisation.
     learning_rate: float = 1e-5
     prompts_per_step: int = 8  # prompts per optimizer step; each gets num_generations answers
@@ -95,10 +92,7 @@ class GRPOSettings:
     device: str = "auto"
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, not {self.dtype!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, not {self.device!r}")
+        check_trainer_settings(self)
         if self.num_generations < 2:
             raise ValueError("GRPO needs num_generations >= 2: advantages are relative to the group")
         if self.prompts_per_step < 1 or self.steps < 1:
@@ -106,9 +100,6 @@ class GRPOSettings:
         if self.gradient_accumulation < 1 or self.completions_per_step % self.gradient_accumulation:
             raise ValueError(f"gradient_accumulation ({self.gradient_accumulation}) must divide "
                              f"prompts_per_step × num_generations ({self.completions_per_step})")
-        if self.save_total_limit < 2:
-            raise ValueError("save_total_limit must be at least 2, or a kill while saving "
-                             "could leave no sealed checkpoint")
 
     @property
     def completions_per_step(self) -> int:
@@ -116,18 +107,7 @@ class GRPOSettings:
 
     @classmethod
     def from_config(cls, config: dict) -> "GRPOSettings":
-        """Build settings from a config mapping; a misspelt key is an error, not a default."""
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise TypeError(f"unknown GRPO setting(s): {', '.join(unknown)}; "
-                            f"known settings are {', '.join(sorted(known))}")
-        return cls(**config)
-
-    def lora(self):
-        return lora_config(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
-                           rslora=self.lora_rslora, bias=self.lora_bias,
-                           target_modules=self.lora_target_modules)
+        return settings_from_config(cls, config, "grpo")
 
 
 # ---------------------------------------------------------------- the reward
@@ -186,12 +166,10 @@ def training_dataset(rows: list[dict], tokenizer):
 
 
 def trainer_config(settings: GRPOSettings, work_dir: Path, device: str, dtype):
-    import torch
     from trl import GRPOConfig
 
-    on_cpu = device == "cpu"
     return GRPOConfig(
-        output_dir=str(work_dir),
+        **common_trainer_args(settings, work_dir, device, dtype),
         learning_rate=settings.learning_rate,
         # TRL counts completions; a step is prompts_per_step whole groups.
         per_device_train_batch_size=settings.completions_per_step // settings.gradient_accumulation,
@@ -203,21 +181,8 @@ def trainer_config(settings: GRPOSettings, work_dir: Path, device: str, dtype):
         top_k=0,
         beta=settings.beta,
         max_steps=settings.steps,
-        save_strategy="steps",
-        save_steps=settings.save_steps,
-        save_total_limit=settings.save_total_limit,
-        logging_strategy="steps",
         logging_steps=1,
-        seed=settings.seed,
-        data_seed=settings.seed,
-        dataloader_num_workers=0,
         use_vllm=False,
-        # As in sft.trainer_config: TRL defaults bf16 and checkpointing on, which fail on CPU.
-        use_cpu=on_cpu,
-        bf16=not on_cpu and dtype == torch.bfloat16,
-        activation_checkpointing=not on_cpu,
-        report_to="none",
-        disable_tqdm=False,
     )
 
 
@@ -283,64 +248,22 @@ def train_grpo(model_location: str, rows: list[dict], task: Task, adapter_dir, w
     started = time.monotonic()
     trainer = build_trainer(model_location, rows, task, work_dir, settings, seed_adapter,
                             reward_scheme)
+    resumed_from_step = train_and_save_adapter(trainer, work_dir, adapter_dir, log)
 
-    resume_from = resume_point(Path(work_dir))
-    if resume_from is None:
-        log.info("no sealed checkpoint in %s; training from the start", work_dir)
-    else:
-        log.info("resuming from %s at step %d", resume_from, checkpoints.step_of(resume_from))
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-
-    with atomic_dir(adapter_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
-    curve = reward_curve(trainer.state.log_history)
-    write_curve(curve, curve_csv)
+    # A value the trainer did not log (kl when beta is 0, accuracy for STS-B) is left empty.
+    curve = curve_from_log_history(trainer.state.log_history, CURVE_SOURCES, logged_with="reward")
+    write_curve_csv(curve, curve_csv, CURVE_COLUMNS)
     if curve_png is not None:
-        plot_curve(curve, curve_png, title=f"GRPO on {task.key}, {Path(model_location).name}")
+        plot_curves(curve, curve_png, f"GRPO on {task.key}, {Path(model_location).name}",
+                    CURVE_PANELS)
     summary = {
         "steps": trainer.state.global_step,
         "final": curve[-1] if curve else {},
         "prompts": len(trainer.train_dataset),
         "seed_adapter": str(seed_adapter) if seed_adapter else None,
         "wall_seconds": round(time.monotonic() - started, 1),
-        "resumed_from_step": checkpoints.step_of(resume_from) if resume_from else None,
+        "resumed_from_step": resumed_from_step,
     }
     log.info("GRPO done: %s", summary)
     return summary
 
-
-# ---------------------------------------------------------------- curves
-
-def reward_curve(log_history: list[dict]) -> list[dict]:
-    """One row per logged step (a resumed run's history includes the earlier steps); a value
-    the trainer did not log (kl when beta is 0, accuracy for STS-B) is left empty."""
-    return [{column: entry.get(key) for column, key in CURVE_SOURCES.items()}
-            for entry in log_history if "reward" in entry]
-
-
-def write_curve(curve: list[dict], path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out:
-        writer = csv.DictWriter(out, fieldnames=CURVE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(curve)
-
-
-def plot_curve(curve: list[dict], path, title: str) -> None:
-    from matplotlib.figure import Figure  # no pyplot: no global backend state
-
-    panels = (("reward",), ("accuracy", "invalid_rate"), ("kl",), ("entropy",))
-    figure = Figure(figsize=(10, 5), layout="constrained")
-    figure.suptitle(title)
-    for axes, names in zip(figure.subplots(2, 2).flat, panels):
-        for name in names:
-            points = [(row["step"], row[name]) for row in curve if row[name] is not None]
-            if points:
-                axes.plot(*zip(*points), label=name)
-        if name == "reward" and curve:
-            axes.fill_between([row["step"] for row in curve],
-                              [row["reward"] - (row["reward_std"] or 0) for row in curve],
-                              [row["reward"] + (row["reward_std"] or 0) for row in curve], alpha=0.2)
-        axes.set_xlabel("GRPO step")
-        axes.legend()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")

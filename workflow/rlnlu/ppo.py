@@ -21,14 +21,12 @@ model actually answered with (a prefix: up to EOS or the closing tag) and 0 on p
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import random
 import shutil
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -38,26 +36,20 @@ from torch import nn
 
 from . import answers, checkpoints
 from .answers import CLOSE_TAG, RewardScheme
-from .files import atomic_dir, atomic_path, write_text
+from .files import atomic_dir
 from .generation import needs_special_tokens
-from .models import load_tokenizer, lora_config, resolve_device, resolve_dtype
+from .models import load_tokenizer, resolve_device, resolve_dtype
 from .tasks import Task, get_task
+from .training import LoraSettings, plot_curves, settings_from_config, write_curve_csv
 
 logger = logging.getLogger(__name__)
 CURVE_COLUMNS = ("step", "reward", "accuracy", "invalid_rate", "kl", "kl_coef", "entropy",
                  "clipfrac", "value_loss", "policy_loss", "response_length")
+CURVE_PANELS = (("reward",), ("accuracy", "invalid_rate"), ("kl",), ("kl_coef",), ("entropy",),
+                ("response_length",))
 
 
 # ---------------------------------------------------------------- settings
-
-@dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    rslora: bool = True
-    bias: str = "lora_only"
-
 
 @dataclass
 class KLSettings:
@@ -68,8 +60,7 @@ class KLSettings:
 
 
 @dataclass
-class PPOSettings:
-    lora: LoraSettings = field(default_factory=LoraSettings)
+class PPOSettings(LoraSettings):  # lora_* fields: the paper's LoRA, as in SFT and GRPO
     kl: KLSettings = field(default_factory=KLSettings)
     learning_rate: float = 9e-6
     optimizer: str = "adafactor"  # or "adamw"
@@ -97,25 +88,18 @@ class PPOSettings:
 
     @classmethod
     def from_config(cls, config: dict | None) -> "PPOSettings":
-        """Settings from a config mapping; unknown keys are a TypeError naming them."""
+        """Settings from a config mapping, its `kl` section nested; unknown keys are a
+        TypeError naming them."""
         config = dict(config or {})
-        _reject_unknown(cls, config, "ppo")
-        for key, section in (("lora", LoraSettings), ("kl", KLSettings)):
-            _reject_unknown(section, config.get(key) or {}, f"ppo.{key}")
-            config[key] = section(**(config.get(key) or {}))
-        settings = cls(**config)
+        if "kl" in config:
+            config["kl"] = settings_from_config(KLSettings, config["kl"], "ppo.kl")
+        settings = settings_from_config(cls, config, "ppo")
         if settings.optimizer not in ("adafactor", "adamw"):
             raise ValueError(f"ppo.optimizer must be adafactor or adamw, "
                              f"not {settings.optimizer!r}")
         if not 1 <= settings.response_length_min <= settings.response_length_max:
             raise ValueError("ppo needs 1 <= response_length_min <= response_length_max")
         return settings
-
-
-def _reject_unknown(cls, config: dict, where: str) -> None:
-    unknown = sorted(set(config) - {f.name for f in fields(cls)})
-    if unknown:
-        raise TypeError(f"unknown {where} settings: {', '.join(unknown)}")
 
 
 # ---------------------------------------------------------------- the math
@@ -212,9 +196,7 @@ def build_policy(model_location: str, settings: PPOSettings, seed_adapter: str |
         model_location, dtype=resolve_dtype(settings.dtype, device))
     if seed_adapter:
         model = PeftModel.from_pretrained(model, seed_adapter).merge_and_unload()
-    lora = settings.lora
-    model = get_peft_model(model, lora_config(r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
-                                              rslora=lora.rslora, bias=lora.bias))
+    model = get_peft_model(model, settings.lora())
     value_head = nn.Linear(model.config.hidden_size, 1)  # fp32 even when the model is bf16
     return model.to(device), value_head.to(device)
 
@@ -372,7 +354,7 @@ def save_checkpoint(work_dir, step: int, model, value_head, optimizer, kl_contro
                         "cuda": (torch.cuda.get_rng_state_all()
                                  if torch.cuda.is_available() else None)}},
                folder / "trainer_state.pt")
-    write_curve(folder / "curve.csv", curve)
+    write_curve_csv(curve, folder / "curve.csv", CURVE_COLUMNS)
     checkpoints.seal(folder)  # last: only now does the checkpoint count
     for older in checkpoints.checkpoints_newest_first(work_dir)[2:]:
         shutil.rmtree(older)  # the previous one stays, in case this one is damaged later
@@ -398,31 +380,6 @@ def load_checkpoint(folder: Path, model, value_head, optimizer, kl_controller,
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return state["curve"]
-
-
-def write_curve(path, curve: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CURVE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(curve)
-    write_text(path, buffer.getvalue())
-
-
-def plot_curve(path, curve: list[dict], title: str) -> None:
-    from matplotlib.figure import Figure  # no pyplot: no global backend state
-
-    panels = (("reward",), ("accuracy", "invalid_rate"), ("kl",), ("kl_coef",), ("entropy",),
-              ("response_length",))
-    figure = Figure(figsize=(12, 6), layout="constrained")
-    figure.suptitle(title)
-    steps = [row["step"] for row in curve]
-    for axes, names in zip(figure.subplots(2, 3).flat, panels):
-        for name in names:
-            axes.plot(steps, [row[name] for row in curve], label=name)
-        axes.set_xlabel("PPO step")
-        axes.legend()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
 
 
 # ---------------------------------------------------------------- the training loop
@@ -531,9 +488,9 @@ def train_ppo(model_location: str, rows: list[dict], task: Task | None, adapter_
 
     with atomic_dir(adapter_dir) as tmp:
         model.save_pretrained(tmp)
-    write_curve(curve_csv, curve)
+    write_curve_csv(curve, curve_csv, CURVE_COLUMNS)
     if curve_png:
-        plot_curve(curve_png, curve, f"PPO on {task.key if task else 'all tasks'}")
+        plot_curves(curve, curve_png, f"PPO on {task.key if task else 'all tasks'}", CURVE_PANELS)
     log(f"PPO finished {settings.steps} steps; adapter in {adapter_dir}")
     return {"steps": settings.steps, "resumed_from_step": start if checkpoint else None,
             "final": curve[-1] if curve else {}, "settings": asdict(settings)}

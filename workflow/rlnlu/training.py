@@ -1,0 +1,191 @@
+"""What the trainers share: LoRA settings, config checking, training curves (SFT, GRPO, PPO),
+and TRL Trainer runs whose checkpoints are sealed and resumed (SFT, GRPO).
+
+A TRL run can be killed at any moment and rerun: checkpoints go to a work folder and are
+sealed (checksummed) right after the Trainer writes them; a rerun resumes from the newest
+sealed one. PPO runs its own loop and seals its own checkpoints (`ppo.save_checkpoint`).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import shutil
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from . import checkpoints
+from .files import atomic_dir, atomic_path
+from .models import lora_config
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("auto", "float32", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+# ---------------------------------------------------------------- settings
+
+@dataclass
+class LoraSettings:
+    """The paper's LoRA (see models.lora_config). Every method's settings inherit these flat
+    `lora_*` keys, so a config spells LoRA the same way for SFT, PPO and GRPO."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_rslora: bool = True
+    lora_bias: str = "lora_only"
+    lora_target_modules: str | list[str] = "all-linear"
+
+    def lora(self):
+        return lora_config(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                           rslora=self.lora_rslora, bias=self.lora_bias,
+                           target_modules=self.lora_target_modules)
+
+
+def settings_from_config(cls, config: dict | None, section: str):
+    """`cls` built from a config mapping (`section` names it in errors); a misspelt key is an
+    error, not a silently kept default."""
+    config = config or {}
+    known = {field.name for field in fields(cls)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise TypeError(f"unknown {section} setting(s): {', '.join(unknown)}; "
+                        f"known settings are {', '.join(sorted(known))}")
+    return cls(**config)
+
+
+def check_trainer_settings(settings) -> None:
+    """The checks SFT and GRPO settings share: both run on TRL's Trainer."""
+    if settings.dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, not {settings.dtype!r}")
+    if settings.device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, not {settings.device!r}")
+    if settings.save_total_limit < 2:
+        raise ValueError("save_total_limit must be at least 2, or a kill while saving "
+                         "could leave no sealed checkpoint")
+
+
+# ---------------------------------------------------------------- TRL Trainer runs
+
+def common_trainer_args(settings, work_dir: Path, device: str, dtype) -> dict:
+    """The TrainingArguments SFT and GRPO share: checkpoints, seeds and hardware."""
+    import torch
+
+    on_cpu = device == "cpu"
+    return dict(
+        output_dir=str(work_dir),
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        logging_strategy="steps",
+        # The same seed for model init, dropout and the data order, so a resumed run replays
+        # the batches an uninterrupted one would see (Trainer skips the ones already trained).
+        seed=settings.seed,
+        data_seed=settings.seed,
+        dataloader_num_workers=0,
+        # TRL defaults bf16 and gradient checkpointing on, which fail to build on CPU.
+        # (`activation_checkpointing` is transformers 5's name for `gradient_checkpointing`.)
+        use_cpu=on_cpu,
+        bf16=not on_cpu and dtype == torch.bfloat16,
+        activation_checkpointing=not on_cpu,
+        report_to="none",
+        disable_tqdm=False,  # the progress bar goes to the job's log
+    )
+
+
+def sealing_callback():
+    """A Trainer callback that seals each checkpoint just after the Trainer wrote it; a kill
+    before that leaves the checkpoint unsealed, and resume ignores it."""
+    from transformers import TrainerCallback
+
+    class SealCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            checkpoints.seal(folder)
+            log.info("sealed checkpoint %s", folder)
+
+    return SealCheckpoints()
+
+
+def resume_point(work_dir: Path) -> Path | None:
+    """The newest sound checkpoint. Damaged ones after it are removed: training rewrites them,
+    and left in place they would count as the newest in the Trainer's checkpoint rotation,
+    which could then delete the sound one while the next is still unsealed."""
+    found = checkpoints.latest_valid(work_dir)  # logs a warning for each damaged checkpoint
+    for folder in checkpoints.checkpoints_newest_first(work_dir):
+        if folder == found:
+            break
+        log.warning("removing damaged checkpoint %s; training will write it again", folder)
+        shutil.rmtree(folder)
+    return found
+
+
+def train_and_save_adapter(trainer, work_dir, adapter_dir,
+                           method_log: logging.Logger) -> int | None:
+    """Train from the newest sealed checkpoint in `work_dir` (or from the start), then save
+    the adapter as a PEFT folder in `adapter_dir`. Returns the step resumed from, or None.
+    Where it starts is logged to `method_log`, the calling method's logger."""
+    resume_from = resume_point(Path(work_dir))
+    if resume_from is None:
+        method_log.info("no sealed checkpoint in %s; training from the start", work_dir)
+    else:
+        method_log.info("resuming from %s at step %d",
+                        resume_from, checkpoints.step_of(resume_from))
+    # An explicit path (or None) keeps the Trainer from choosing a checkpoint itself.
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with atomic_dir(adapter_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+    return checkpoints.step_of(resume_from) if resume_from else None
+
+
+# ---------------------------------------------------------------- curves
+
+def curve_from_log_history(log_history: list[dict], sources: dict[str, str],
+                           logged_with: str) -> list[dict]:
+    """One row per step the Trainer logged (the entries holding `logged_with`; a resumed run's
+    history includes the earlier steps): column -> the value logged under `sources[column]`,
+    None where that step has none."""
+    return [{column: entry.get(key) for column, key in sources.items()}
+            for entry in log_history if logged_with in entry]
+
+
+def write_curve_csv(curve: list[dict], path, columns) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(curve)
+
+
+def plot_curves(curve: list[dict], path, title: str, panels) -> None:
+    """A PNG of the curve against its `step` column, one panel per tuple of column names in
+    `panels`. Values of None are left out; a column whose `<name>_std` is in the curve is
+    shaded ± that standard deviation."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    columns = math.ceil(math.sqrt(len(panels)))
+    rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(5 * columns, 3 * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    figure.suptitle(title)
+    all_axes = list(figure.subplots(rows, columns, squeeze=False).flat)
+    for axes, names in zip(all_axes, panels):
+        for name in names:
+            logged = [row for row in curve if row[name] is not None]
+            if not logged:
+                continue
+            steps = [row["step"] for row in logged]
+            axes.plot(steps, [row[name] for row in logged], label=name)
+            spread = f"{name}_std"
+            if spread in logged[0]:
+                deviations = [row[spread] or 0.0 for row in logged]
+                axes.fill_between(steps, [row[name] - d for row, d in zip(logged, deviations)],
+                                  [row[name] + d for row, d in zip(logged, deviations)], alpha=0.2)
+        axes.set_xlabel("step")
+        if axes.lines:
+            axes.legend()
+    for unused in all_axes[len(panels):]:
+        unused.remove()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")

@@ -102,9 +102,9 @@ def _keyed_train_rows(pairs: list[str]) -> dict[str, list[dict]]:
     return rows_by_task
 
 
-def cmd_train_ppo(args):
+def cmd_train_rl(args):
+    """PPO (single- or multi-task) or GRPO, from an SFT seed adapter or the base model."""
     from .answers import RewardScheme
-    from .ppo import PPOSettings, train_ppo
     from .sft import mix_tasks
 
     settings = dict(json.loads(args.settings), seed=args.seed)
@@ -115,10 +115,17 @@ def cmd_train_ppo(args):
             mix_tasks(rows_by_task, mixing.get("mixing", "upsample"), args.seed,
                       mixing.get("cap_per_task")))
     task = get_task(*next(iter(rows_by_task)).split("/")) if single else None
-    summary = train_ppo(args.model_location, rows, task, args.adapter, args.work_dir,
-                        PPOSettings.from_config(settings), args.curve_csv, args.curve_png,
-                        seed_adapter=args.seed_adapter,
-                        reward_scheme=RewardScheme(**json.loads(args.reward)))
+    if args.algorithm == "ppo":
+        from .ppo import PPOSettings as Settings, train_ppo as train
+    else:
+        from .grpo import GRPOSettings as Settings, train_grpo as train
+
+        if task is None:
+            raise ValueError("GRPO trains one task at a time; give a single --train")
+    summary = train(args.model_location, rows, task, args.adapter, args.work_dir,
+                    Settings.from_config(settings), args.curve_csv, args.curve_png,
+                    seed_adapter=args.seed_adapter,
+                    reward_scheme=RewardScheme(**json.loads(args.reward)))
     print(json.dumps(summary, default=str))
 
 
@@ -196,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--curve-csv", required=True)
     sub.add_argument("--curve-png")
 
-    sub = command("train-ppo", cmd_train_ppo)
+    sub = command("train-rl", cmd_train_rl)
+    sub.add_argument("--algorithm", choices=["ppo", "grpo"], required=True)
     sub.add_argument("--train", action="append", required=True, metavar="BENCHMARK/TASK=PATH",
                      help="training prompts of a task; several make a multi-task run")
     sub.add_argument("--model-location", required=True)

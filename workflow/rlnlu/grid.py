@@ -70,11 +70,37 @@ class Grid:
                                       f"source: {spec['source']}")
         if self.config["data"]["source"] == "local" and not self.config["data"].get("local_dir"):
             raise ConfigError("data.local_dir must name a folder when data.source is local")
+        self.check_method_settings()
         if self.config["data"]["missing"] == "fail":
             for cell in self.cells():
                 if reason := self.missing_data(cell):
                     raise ConfigError(f"{reason}\nTo run without it, set data.missing: no_data "
                                       f"or drop the task from tasks.{cell.benchmark}.")
+
+    def check_method_settings(self) -> None:
+        """Build each training method's settings now, so a misspelt or invalid key fails at
+        parse time, naming it, instead of in a job an hour later."""
+        from .grpo import GRPOSettings
+        from .ppo import PPOSettings
+        from .sft import SFTSettings
+
+        builders = {"sft": SFTSettings, "sft_multi": SFTSettings, "ppo": PPOSettings,
+                    "ppo_multi": PPOSettings, "grpo": GRPOSettings}
+        for method in self.config["methods"]:
+            if method not in builders:
+                continue
+            settings = (self.sft_settings(method) if method.startswith("sft")
+                        else self.rl_settings(method))
+            settings = {k: v for k, v in settings.items() if k not in ("mixing", "cap_per_task")}
+            try:
+                builders[method].from_config(settings)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"{method.removesuffix('_multi')}: {err}") from None
+            if self.seed_method(method) and self.seed_method(method) not in self.config["methods"]:
+                raise ConfigError(
+                    f"{method} is seeded from {self.seed_method(method)} (as in the paper), but "
+                    f"methods does not list {self.seed_method(method)}; add it, or set "
+                    f"{method.removesuffix('_multi')}.seed_from: base")
 
     # ---- data ----
     def splits_needed(self, cell: Cell) -> list[tuple[Task, str]]:
@@ -152,8 +178,8 @@ class Grid:
 
     def rl_settings(self, method: str) -> dict:
         """Settings of an RL method's trainer: `ppo` / `grpo`, with `ppo_multi`'s overrides."""
-        base = method.removesuffix("_multi")
-        settings = {k: v for k, v in self.config.get(base, {}).items() if k != "seed_from"}
+        settings = dict(self.config.get(method.removesuffix("_multi"), {}))
         if method.endswith("_multi"):
             settings.update(self.config.get(method, {}))
+        settings.pop("seed_from", None)  # where training starts is the workflow's business
         return settings

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from .answers import CLOSE_TAG, OPEN_TAG
 from .tasks import Task
 
-SYSTEM = ("You are an expert annotator for natural language understanding tasks. "
-          "Read the input, then give your judgement as exactly one of the allowed answers, "
-          f"written between {OPEN_TAG} and {CLOSE_TAG}.")
+SYSTEM = ("You are an expert annotator. Give your judgement as exactly one of the allowed "
+          f"answers, between {OPEN_TAG} and {CLOSE_TAG}.")
 
 FIELD_NAMES = {
     "sentence": "Sentence", "sentence1": "Sentence 1", "sentence2": "Sentence 2",

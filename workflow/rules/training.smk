@@ -96,6 +96,7 @@ rule train_ppo:
         plot="results/plots/curves/{model}/{benchmark}/{task}/ppo/seed{seed}.png",
     params:
         location=model_location,
+        algorithm="ppo",
         options=lambda wildcards, input: rl_train_options(wildcards, input, "ppo"),
         settings=json_arg(GRID.rl_settings("ppo")),
         reward=json_arg(config["reward"]),
@@ -106,7 +107,7 @@ rule train_ppo:
     benchmark:
         "benchmarks/train_ppo/{model}/{benchmark}/{task}/seed{seed}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} {PY} train-ppo {params.options} "
+        "OMP_NUM_THREADS={threads} {PY} train-rl --algorithm {params.algorithm} {params.options} "
         "--model-location {params.location} --settings {params.settings} "
         "--reward {params.reward} --seed {wildcards.seed} --adapter {output.adapter} "
         "--work-dir {params.work_dir} --curve-csv {output.curve} --curve-png {output.plot} "
@@ -123,6 +124,7 @@ use rule train_ppo as train_ppo_multi with:
         plot="results/plots/curves/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}.png",
     params:
         location=model_location,
+        algorithm="ppo",
         options=lambda wildcards, input: rl_train_options(wildcards, input, "ppo_multi"),
         settings=json_arg(GRID.rl_settings("ppo_multi")),
         reward=json_arg(config["reward"]),
@@ -131,3 +133,24 @@ use rule train_ppo as train_ppo_multi with:
         "logs/train_ppo_multi/{model}/{benchmark}/seed{seed}.log",
     benchmark:
         "benchmarks/train_ppo_multi/{model}/{benchmark}/seed{seed}.tsv"
+
+
+use rule train_ppo as train_grpo with:
+    input:
+        unpack(lambda wildcards: rl_inputs(wildcards, "grpo")),
+        model=model_input,
+    output:
+        adapter=directory("results/adapters/{model}/{benchmark}/{task}/grpo/seed{seed}"),
+        curve="results/curves/{model}/{benchmark}/{task}/grpo/seed{seed}.csv",
+        plot="results/plots/curves/{model}/{benchmark}/{task}/grpo/seed{seed}.png",
+    params:
+        location=model_location,
+        algorithm="grpo",
+        options=lambda wildcards, input: rl_train_options(wildcards, input, "grpo"),
+        settings=json_arg(GRID.rl_settings("grpo")),
+        reward=json_arg(config["reward"]),
+        work_dir="resources/checkpoints/{model}/{benchmark}/{task}/grpo/seed{seed}",
+    log:
+        "logs/train_grpo/{model}/{benchmark}/{task}/seed{seed}.log",
+    benchmark:
+        "benchmarks/train_grpo/{model}/{benchmark}/{task}/seed{seed}.tsv"

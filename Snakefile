@@ -9,9 +9,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# The defaults sit beside this file, so `--directory elsewhere` still finds them;
-# `--configfile more.yaml` merges over them.
-configfile: workflow.basedir + "/config.yaml"
+# `--configfile more.yaml` merges more settings over these defaults.
+configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -24,6 +26,6 @@ include: "workflow/rules/tables.smk"
 
 
 rule all:
+    default_target: True
     input:
         expand("results/tables/{benchmark}.csv", benchmark=config["benchmarks"]),
-    default_target: True

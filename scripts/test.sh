@@ -6,4 +6,5 @@ bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 snakemake --lint
+snakefmt --check .
 python -m pytest tests -q "$@"

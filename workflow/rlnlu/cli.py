@@ -51,15 +51,20 @@ def cmd_evaluate(args):
     from .evaluation import predict
     from .models import load_model, load_tokenizer
 
+    from .models import resolve_device
+    from .provenance import run_record
+
+    started = time.perf_counter()
     torch.manual_seed(args.seed)
     task = _task(args)
     rows = files.read_jsonl(args.prompts)
     tokenizer = load_tokenizer(args.model_location)
     model = load_model(args.model_location, args.dtype, args.device, args.adapter)
-    started = time.perf_counter()
     predictions = predict(task, model, tokenizer, rows, args.batch_size, args.max_new_tokens)
-    logging.info("%d predictions in %.1f s", len(predictions), time.perf_counter() - started)
+    record = run_record(resolve_device(args.device), time.perf_counter() - started)
+    logging.info("%d predictions; %s", len(predictions), record)
     files.write_jsonl(args.out, predictions)
+    files.write_json(args.run_record, record)
 
 
 def cmd_score(args):
@@ -68,12 +73,20 @@ def cmd_score(args):
     task = _task(args)
     cell = {"model": args.model, "benchmark": args.benchmark, "task": args.task,
             "method": args.method, "seed": args.seed}
+    from pathlib import Path
+
+    from .provenance import git_commit, settings_hash
+
+    settings = json.loads(args.cell_settings)
+    provenance = {"git_commit": git_commit(Path(__file__).resolve().parent),
+                  "settings_hash": settings_hash(settings), "settings": settings}
     if args.no_data:
         result = {"status": "no data", "reason": args.no_data}
     else:
         result = score(task, files.read_jsonl(args.predictions), args.invalid_policy, args.seed,
                        args.bootstrap_resamples)
-    files.write_json(args.out, dict(cell, **result))
+        provenance["evaluation_run"] = files.read_json(args.run_record)
+    files.write_json(args.out, dict(cell, **result, provenance=provenance))
 
 
 def cmd_train_sft(args):
@@ -130,9 +143,11 @@ def cmd_train_rl(args):
 
 
 def cmd_tables(args):
+    from .report import plot_scores
     from .tables import write_tables
 
     table = write_tables(args.benchmark, args.metrics, args.csv, args.markdown)
+    plot_scores(args.benchmark, args.metrics, args.plot)
     print(table.to_string(index=False))
 
 
@@ -181,12 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max-new-tokens", type=int, default=16)
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--out", required=True)
+    sub.add_argument("--run-record", required=True, help="where to write device, time, memory")
 
     sub = command("score", cmd_score, task=True)
     sub.add_argument("--model", required=True)
     sub.add_argument("--method", required=True)
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--predictions")
+    sub.add_argument("--run-record", help="the evaluation's device, time and memory record")
+    sub.add_argument("--cell-settings", default="{}",
+                     help="JSON of exactly the settings that affect this cell (hashed)")
     sub.add_argument("--no-data", help="write a 'no data' cell with this reason")
     sub.add_argument("--invalid-policy", choices=["wrong", "random"], default="wrong")
     sub.add_argument("--bootstrap-resamples", type=int, default=1000)
@@ -221,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--benchmark", required=True)
     sub.add_argument("--csv", required=True)
     sub.add_argument("--markdown", required=True)
+    sub.add_argument("--plot", required=True, help="bar chart of the scores (PNG)")
     sub.add_argument("metrics", nargs="*")
     return parser
 

@@ -183,3 +183,27 @@ class Grid:
             settings.update(self.config.get(method, {}))
         settings.pop("seed_from", None)  # where training starts is the workflow's business
         return settings
+
+    def cell_settings(self, cell: Cell) -> dict:
+        """Exactly the settings that affect one cell's number: its model, data, prompts,
+        decoding, scoring, and the training settings of every adapter it stacks. Its hash
+        is recorded in the cell's metrics; anything else in the config can change freely."""
+        config = self.config
+        settings = {
+            "model": config["model_registry"][cell.model],
+            "data": {k: config["data"][k] for k in ("source", "local_dir")},
+            "evaluation": {k: config["evaluation"][k]
+                           for k in ("max_examples", "sample_seed", "invalid_policy",
+                                     "bootstrap_resamples")},
+            "inference": config["inference"],
+            "seed": cell.seed,
+        }
+        if cell.method == "few_shot":
+            settings["prompts"] = config["prompts"]
+        chain = self.adapter_chain(cell)
+        for method in (m for m in METHODS if any(f"/{m}/" in path for path in chain)):
+            settings[method] = (self.sft_settings(method) if method.startswith("sft")
+                                else self.rl_settings(method))
+            if not method.startswith("sft"):
+                settings["reward"] = config["reward"]
+        return settings

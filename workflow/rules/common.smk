@@ -1,21 +1,20 @@
 import json
+import os
 import re
 import shlex
 import sys
-from pathlib import Path
 
 from snakemake.utils import validate
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+# The package holding all logic; jobs import it from the installed environment.
+sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
 
 from rlnlu import grid  # noqa: E402
 from rlnlu.tasks import get_task  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
 GRID = grid.Grid.from_config(config)
-GRID.check()  # unknown model keys, missing data (unless data.missing is no_data): fail now
-
-PY = f"PYTHONPATH={shlex.quote(str(Path(workflow.basedir) / 'workflow'))} python -m rlnlu"
+GRID.check()  # unknown model keys, bad settings, missing data: fail before any job
 
 
 wildcard_constraints:
@@ -25,7 +24,7 @@ wildcard_constraints:
     method="|".join(grid.METHODS),
     style="zero_shot|few_shot",
     split="train|validation|test",
-    seed=r"\d+",
+    seed="[0-9]+",
 
 
 def model_location(wildcards):
@@ -36,3 +35,118 @@ def model_input(wildcards):
     """The converted folder for an embedded model; hub models load from the hub cache."""
     location = GRID.model_location(wildcards.model)
     return [location] if GRID.is_embedded(wildcards.model) else []
+
+
+def json_arg(value):
+    """A JSON value as one shell word (settings travel to the CLI this way)."""
+    return shlex.quote(json.dumps(value, sort_keys=True))
+
+
+def prompt_records(wildcards):
+    return (
+        f"resources/data/{wildcards.benchmark}/{wildcards.task}/{wildcards.split}.jsonl"
+    )
+
+
+def few_shot_pool(wildcards):
+    if wildcards.style != "few_shot":
+        return []
+    train_task = get_task(wildcards.benchmark, wildcards.task).train_task
+    return f"resources/data/{wildcards.benchmark}/{train_task.name}/train.jsonl"
+
+
+def prompt_options(wildcards):
+    options = [
+        (
+            "--chat-template"
+            if GRID.chat_template(wildcards.model)
+            else "--no-chat-template"
+        )
+    ]
+    if wildcards.style == "few_shot":
+        options += [
+            "--shots",
+            str(config["prompts"]["shots"]),
+            "--shot-selection",
+            config["prompts"]["shot_selection"],
+        ]
+    if wildcards.split != "train" and config["evaluation"]["max_examples"]:
+        options += [
+            "--max-examples",
+            str(config["evaluation"]["max_examples"]),
+            "--sample-seed",
+            str(config["evaluation"]["sample_seed"]),
+        ]
+    return " ".join(options)
+
+
+def cell_of(wildcards):
+    return grid.Cell(
+        wildcards.model,
+        wildcards.benchmark,
+        wildcards.task,
+        wildcards.method,
+        int(wildcards.seed),
+    )
+
+
+def eval_prompts(wildcards):
+    task = get_task(wildcards.benchmark, wildcards.task)
+    style = grid.PROMPT_STYLE[wildcards.method]
+    return (
+        f"results/prompts/{wildcards.model}/{wildcards.benchmark}/{wildcards.task}/"
+        f"{style}/{task.eval_split}.jsonl"
+    )
+
+
+def eval_adapters(wildcards):
+    return GRID.adapter_chain(cell_of(wildcards))
+
+
+def score_input(wildcards):
+    if GRID.missing_data(cell_of(wildcards)):
+        return {}
+    return {
+        name: path.format(**wildcards) for name, path in rules.evaluate.output.items()
+    }
+
+
+def score_options(wildcards, input):
+    reason = GRID.missing_data(cell_of(wildcards))
+    if reason:
+        return f"--no-data {shlex.quote(reason)}"
+    return f"--predictions {input.predictions} --run-record {input.run_record}"
+
+
+def train_prompts(benchmark, task_name, model):
+    return f"results/prompts/{model}/{benchmark}/{task_name}/zero_shot/train.jsonl"
+
+
+def rl_train_tasks(wildcards, method):
+    if method.endswith("_multi"):
+        return GRID.multi_task_train_tasks(wildcards.benchmark)
+    return [get_task(wildcards.benchmark, wildcards.task)]
+
+
+def rl_inputs(wildcards, method):
+    """Training prompts and the SFT adapter an RL run starts from (if it is seeded)."""
+    tasks = rl_train_tasks(wildcards, method)
+    cell = grid.Cell(
+        wildcards.model,
+        wildcards.benchmark,
+        getattr(wildcards, "task", tasks[0].name),
+        method,
+        int(wildcards.seed),
+    )
+    return {
+        "train": [train_prompts(t.benchmark, t.name, wildcards.model) for t in tasks],
+        "seed_adapter": GRID.adapter_chain(cell)[:-1],
+    }
+
+
+def rl_train_options(wildcards, input, method):
+    """`--train benchmark/task=path` per task (the reward needs each row's task)."""
+    tasks = rl_train_tasks(wildcards, method)
+    options = [f"--train {t.key}={path}" for t, path in zip(tasks, input.train)]
+    options += [f"--seed-adapter {path}" for path in input.seed_adapter]
+    return " ".join(options)

@@ -4,12 +4,14 @@
 rule prepare_data:
     output:
         "resources/data/{benchmark}/{task}/{split}.jsonl",
+    log:
+        "logs/prepare_data/{benchmark}/{task}/{split}.log",
+    conda:
+        "../../envs/conda.yaml"
     params:
         source=config["data"]["source"],
         local_dir=lambda wildcards: shlex.quote(str(config["data"]["local_dir"] or "")),
-    log:
-        "logs/prepare_data/{benchmark}/{task}/{split}.log",
     shell:
-        "{PY} prepare-data --benchmark {wildcards.benchmark} --task {wildcards.task} "
+        "python -m rlnlu prepare-data --benchmark {wildcards.benchmark} --task {wildcards.task} "
         "--split {wildcards.split} --source {params.source} --local-dir {params.local_dir} "
         "--out {output} > {log} 2>&1"

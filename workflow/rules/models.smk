@@ -5,13 +5,17 @@
 rule convert_embedded_model:
     output:
         directory("resources/models/{model}"),
-    params:
-        package=lambda wildcards: config["model_registry"][wildcards.model]["package"],
-        gguf_file=lambda wildcards: config["model_registry"][wildcards.model]["gguf_file"],
     log:
         "logs/convert_embedded_model/{model}.log",
     benchmark:
         "benchmarks/convert_embedded_model/{model}.tsv"
+    conda:
+        "../../envs/conda.yaml"
+    params:
+        package=lambda wildcards: config["model_registry"][wildcards.model]["package"],
+        gguf_file=lambda wildcards: config["model_registry"][wildcards.model][
+            "gguf_file"
+        ],
     shell:
-        "{PY} convert-model --package {params.package} --gguf-file {params.gguf_file} "
+        "python -m rlnlu convert-model --package {params.package} --gguf-file {params.gguf_file} "
         "--out {output} > {log} 2>&1"

@@ -1,14 +1,30 @@
-# The paper's tables: a row per model x method, a column per task metric, the average.
+# The paper's tables: a row per model x method, a column per task metric, the average;
+# and a bar chart of the same cells with their bootstrap intervals.
 
 
 rule tables:
     input:
-        lambda wildcards: [cell.metrics_path for cell in GRID.cells(wildcards.benchmark)],
+        lambda wildcards: [
+            cell.metrics_path for cell in GRID.cells(wildcards.benchmark)
+        ],
     output:
-        csv="results/tables/{benchmark}.csv",
+        csv=report(
+            "results/tables/{benchmark}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"benchmark": "{benchmark}"},
+        ),
         markdown="results/tables/{benchmark}.md",
+        plot=report(
+            "results/plots/{benchmark}_scores.png",
+            caption="../report/scores.rst",
+            category="Scores",
+            labels={"benchmark": "{benchmark}"},
+        ),
     log:
         "logs/tables/{benchmark}.log",
+    conda:
+        "../../envs/conda.yaml"
     shell:
-        "{PY} tables --benchmark {wildcards.benchmark} --csv {output.csv} "
-        "--markdown {output.markdown} {input} > {log} 2>&1"
+        "python -m rlnlu tables --benchmark {wildcards.benchmark} --csv {output.csv} "
+        "--markdown {output.markdown} --plot {output.plot} {input} > {log} 2>&1"

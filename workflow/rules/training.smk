@@ -3,33 +3,34 @@
 # there instead of Snakemake deleting them with the incomplete output.
 
 
-def train_prompts(benchmark, task_name, model):
-    return f"results/prompts/{model}/{benchmark}/{task_name}/zero_shot/train.jsonl"
-
-
-def json_arg(value):
-    return shlex.quote(json.dumps(value, sort_keys=True))
-
-
 rule train_sft:
     input:
-        train=lambda wildcards: train_prompts(wildcards.benchmark, wildcards.task, wildcards.model),
+        train=lambda wildcards: train_prompts(
+            wildcards.benchmark, wildcards.task, wildcards.model
+        ),
         model=model_input,
     output:
         adapter=directory("results/adapters/{model}/{benchmark}/{task}/sft/seed{seed}"),
         curve="results/curves/{model}/{benchmark}/{task}/sft/seed{seed}.csv",
-        plot="results/plots/curves/{model}/{benchmark}/{task}/sft/seed{seed}.png",
-    params:
-        location=model_location,
-        settings=json_arg(GRID.sft_settings("sft")),
-        work_dir="resources/checkpoints/{model}/{benchmark}/{task}/sft/seed{seed}",
-    threads: 4
+        plot=report(
+            "results/plots/curves/{model}/{benchmark}/{task}/sft/seed{seed}.png",
+            caption="../report/curve.rst",
+            category="Training curves",
+            subcategory="sft",
+        ),
     log:
         "logs/train_sft/{model}/{benchmark}/{task}/seed{seed}.log",
     benchmark:
         "benchmarks/train_sft/{model}/{benchmark}/{task}/seed{seed}.tsv"
+    conda:
+        "../../envs/conda.yaml"
+    threads: 4
+    params:
+        location=model_location,
+        settings=json_arg(GRID.sft_settings("sft")),
+        work_dir="resources/checkpoints/{model}/{benchmark}/{task}/sft/seed{seed}",
     shell:
-        "OMP_NUM_THREADS={threads} {PY} train-sft --train {input.train} "
+        "OMP_NUM_THREADS={threads} python -m rlnlu train-sft --train {input.train} "
         "--model-location {params.location} --settings {params.settings} --seed {wildcards.seed} "
         "--adapter {output.adapter} --work-dir {params.work_dir} --curve-csv {output.curve} "
         "--curve-png {output.plot} > {log} 2>&1"
@@ -43,47 +44,35 @@ rule train_sft_multi:
         ],
         model=model_input,
     output:
-        adapter=directory("results/adapters/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}"),
+        adapter=directory(
+            "results/adapters/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}"
+        ),
         curve="results/curves/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}.csv",
-        plot="results/plots/curves/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}.png",
-    params:
-        location=model_location,
-        settings=json_arg(GRID.sft_settings("sft_multi")),
-        train=lambda wildcards, input: " ".join(f"--train {path}" for path in input.train),
-        work_dir="resources/checkpoints/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}",
-    threads: 4
+        plot=report(
+            "results/plots/curves/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}.png",
+            caption="../report/curve.rst",
+            category="Training curves",
+            subcategory="sft_multi",
+        ),
     log:
         "logs/train_sft_multi/{model}/{benchmark}/seed{seed}.log",
     benchmark:
         "benchmarks/train_sft_multi/{model}/{benchmark}/seed{seed}.tsv"
+    conda:
+        "../../envs/conda.yaml"
+    threads: 4
+    params:
+        location=model_location,
+        settings=json_arg(GRID.sft_settings("sft_multi")),
+        train=lambda wildcards, input: " ".join(
+            f"--train {path}" for path in input.train
+        ),
+        work_dir="resources/checkpoints/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}",
     shell:
-        "OMP_NUM_THREADS={threads} {PY} train-sft {params.train} "
+        "OMP_NUM_THREADS={threads} python -m rlnlu train-sft {params.train} "
         "--model-location {params.location} --settings {params.settings} --seed {wildcards.seed} "
         "--adapter {output.adapter} --work-dir {params.work_dir} --curve-csv {output.curve} "
         "--curve-png {output.plot} > {log} 2>&1"
-
-
-def rl_train_tasks(wildcards, method):
-    if method.endswith("_multi"):
-        return GRID.multi_task_train_tasks(wildcards.benchmark)
-    return [get_task(wildcards.benchmark, wildcards.task)]
-
-
-def rl_inputs(wildcards, method):
-    """Training prompts and the SFT adapter an RL run starts from (if it is seeded)."""
-    tasks = rl_train_tasks(wildcards, method)
-    cell = grid.Cell(wildcards.model, wildcards.benchmark,
-                     getattr(wildcards, "task", tasks[0].name), method, int(wildcards.seed))
-    return {"train": [train_prompts(t.benchmark, t.name, wildcards.model) for t in tasks],
-            "seed_adapter": GRID.adapter_chain(cell)[:-1]}
-
-
-def rl_train_options(wildcards, input, method):
-    """`--train benchmark/task=path` per task (the reward needs each row's task)."""
-    tasks = rl_train_tasks(wildcards, method)
-    options = [f"--train {t.key}={path}" for t, path in zip(tasks, input.train)]
-    options += [f"--seed-adapter {path}" for path in input.seed_adapter]
-    return " ".join(options)
 
 
 rule train_ppo:
@@ -93,7 +82,19 @@ rule train_ppo:
     output:
         adapter=directory("results/adapters/{model}/{benchmark}/{task}/ppo/seed{seed}"),
         curve="results/curves/{model}/{benchmark}/{task}/ppo/seed{seed}.csv",
-        plot="results/plots/curves/{model}/{benchmark}/{task}/ppo/seed{seed}.png",
+        plot=report(
+            "results/plots/curves/{model}/{benchmark}/{task}/ppo/seed{seed}.png",
+            caption="../report/curve.rst",
+            category="Training curves",
+            subcategory="ppo",
+        ),
+    log:
+        "logs/train_ppo/{model}/{benchmark}/{task}/seed{seed}.log",
+    benchmark:
+        "benchmarks/train_ppo/{model}/{benchmark}/{task}/seed{seed}.tsv"
+    conda:
+        "../../envs/conda.yaml"
+    threads: 4
     params:
         location=model_location,
         algorithm="ppo",
@@ -101,13 +102,8 @@ rule train_ppo:
         settings=json_arg(GRID.rl_settings("ppo")),
         reward=json_arg(config["reward"]),
         work_dir="resources/checkpoints/{model}/{benchmark}/{task}/ppo/seed{seed}",
-    threads: 4
-    log:
-        "logs/train_ppo/{model}/{benchmark}/{task}/seed{seed}.log",
-    benchmark:
-        "benchmarks/train_ppo/{model}/{benchmark}/{task}/seed{seed}.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} {PY} train-rl --algorithm {params.algorithm} {params.options} "
+        "OMP_NUM_THREADS={threads} python -m rlnlu train-rl --algorithm {params.algorithm} {params.options} "
         "--model-location {params.location} --settings {params.settings} "
         "--reward {params.reward} --seed {wildcards.seed} --adapter {output.adapter} "
         "--work-dir {params.work_dir} --curve-csv {output.curve} --curve-png {output.plot} "
@@ -119,9 +115,20 @@ use rule train_ppo as train_ppo_multi with:
         unpack(lambda wildcards: rl_inputs(wildcards, "ppo_multi")),
         model=model_input,
     output:
-        adapter=directory("results/adapters/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}"),
+        adapter=directory(
+            "results/adapters/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}"
+        ),
         curve="results/curves/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}.csv",
-        plot="results/plots/curves/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}.png",
+        plot=report(
+            "results/plots/curves/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}.png",
+            caption="../report/curve.rst",
+            category="Training curves",
+            subcategory="ppo_multi",
+        ),
+    log:
+        "logs/train_ppo_multi/{model}/{benchmark}/seed{seed}.log",
+    benchmark:
+        "benchmarks/train_ppo_multi/{model}/{benchmark}/seed{seed}.tsv"
     params:
         location=model_location,
         algorithm="ppo",
@@ -129,10 +136,6 @@ use rule train_ppo as train_ppo_multi with:
         settings=json_arg(GRID.rl_settings("ppo_multi")),
         reward=json_arg(config["reward"]),
         work_dir="resources/checkpoints/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}",
-    log:
-        "logs/train_ppo_multi/{model}/{benchmark}/seed{seed}.log",
-    benchmark:
-        "benchmarks/train_ppo_multi/{model}/{benchmark}/seed{seed}.tsv"
 
 
 use rule train_ppo as train_grpo with:
@@ -142,7 +145,16 @@ use rule train_ppo as train_grpo with:
     output:
         adapter=directory("results/adapters/{model}/{benchmark}/{task}/grpo/seed{seed}"),
         curve="results/curves/{model}/{benchmark}/{task}/grpo/seed{seed}.csv",
-        plot="results/plots/curves/{model}/{benchmark}/{task}/grpo/seed{seed}.png",
+        plot=report(
+            "results/plots/curves/{model}/{benchmark}/{task}/grpo/seed{seed}.png",
+            caption="../report/curve.rst",
+            category="Training curves",
+            subcategory="grpo",
+        ),
+    log:
+        "logs/train_grpo/{model}/{benchmark}/{task}/seed{seed}.log",
+    benchmark:
+        "benchmarks/train_grpo/{model}/{benchmark}/{task}/seed{seed}.tsv"
     params:
         location=model_location,
         algorithm="grpo",
@@ -150,7 +162,3 @@ use rule train_ppo as train_grpo with:
         settings=json_arg(GRID.rl_settings("grpo")),
         reward=json_arg(config["reward"]),
         work_dir="resources/checkpoints/{model}/{benchmark}/{task}/grpo/seed{seed}",
-    log:
-        "logs/train_grpo/{model}/{benchmark}/{task}/seed{seed}.log",
-    benchmark:
-        "benchmarks/train_grpo/{model}/{benchmark}/{task}/seed{seed}.tsv"

@@ -5,6 +5,10 @@ rule's declared outputs, so Snakemake's clean-up of a failed job does not delete
 counts only once sealed: a `MANIFEST.json` listing every file's SHA-256 is written last,
 atomically. A job killed mid-save leaves an unsealed folder, which resume skips; a sealed
 folder whose files no longer match their checksums is reported and skipped too.
+
+Adapters (the training rules' output folders) are sealed the same way when they are saved;
+`check_adapter` verifies one before it is loaded, so a damaged adapter is reported by
+folder and never used.
 """
 from __future__ import annotations
 
@@ -45,9 +49,15 @@ def problem_with(folder: str | Path) -> str | None:
     if not manifest.is_file():
         return "not sealed (the save was interrupted)"
     try:
-        expected = read_json(manifest)
+        expected = read_json(manifest)  # UnicodeDecodeError and JSONDecodeError: ValueErrors
     except ValueError:
         return f"{manifest} is unreadable"
+    if not isinstance(expected, dict) or not all(
+            isinstance(name, str) and isinstance(checksum, str)
+            for name, checksum in expected.items()):
+        return f"{manifest} is not a file -> checksum table (altered)"
+    if not expected:
+        return f"{manifest} lists no files"
     for name, checksum in expected.items():
         path = folder / name
         if not path.is_file():
@@ -77,3 +87,21 @@ def latest_valid(work_dir: str | Path) -> Path | None:
 
 def step_of(folder: str | Path) -> int:
     return int(_STEP.match(Path(folder).name).group(1))
+
+
+def check_adapter(folder: str | Path) -> None:
+    """Raise a ValueError naming `folder` if it is not a sound adapter: missing, without
+    its adapter_config.json, or sealed with files that no longer match their checksums.
+    Adapters written before adapters were sealed carry no manifest and pass when complete."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"adapter folder {folder} does not exist")
+    if (folder / MANIFEST).exists():
+        problem = problem_with(folder)
+    elif not (folder / "adapter_config.json").is_file():
+        problem = f"{folder / 'adapter_config.json'} is missing"
+    else:
+        problem = None
+    if problem:
+        raise ValueError(f"adapter folder {folder} is damaged: {problem}. Delete it, or rerun "
+                         f"with `snakemake --forcerun {folder}`, to train it again")

@@ -103,6 +103,8 @@ def missing_data_message(task: Task, split: str, local_dir) -> str | None:
         return None
     tried = ", ".join(map(str, _local_candidates(task, split, local_dir))) if local_dir \
         else "nothing (data.local_dir is not set)"
+    if local_dir and not Path(local_dir).is_dir():
+        tried += f" (data.local_dir {local_dir} itself does not exist)"
     return f"no {split} data for {task.key}: tried {tried}; {_HOW_TO_SUPPLY}"
 
 
@@ -281,11 +283,25 @@ def _load_hub(task: Task, split: str) -> list[dict]:
     import datasets  # deferred: only this source needs the (slow to import) hub client
 
     hub_split = task.hub_splits[split]
-    rows = datasets.load_dataset(task.hub_path, task.hub_config, split=hub_split)
+    try:
+        rows = datasets.load_dataset(task.hub_path, task.hub_config, split=hub_split)
+    except OSError as err:  # ConnectionError (offline, no network), a missing cache entry
+        raise MissingDataError(_hub_unreachable(task, hub_split, err)) from None
     source = f"hub {task.hub_path} ({task.hub_config}, split {hub_split})"
     parse_row = {"multirc": _multirc_hub, "record": _record_hub}.get(task.name, _plain_hub)
     numbered_rows = ((f"{source} row {n}", row) for n, row in enumerate(rows))
     return _checked(_parsed(numbered_rows, lambda row: parse_row(task, row)), source)
+
+
+def _hub_unreachable(task: Task, hub_split: str, err: Exception) -> str:
+    offline = [name for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+               if os.environ.get(name, "").lower() in ("1", "true", "yes", "on")]
+    why = (f"{' and '.join(offline)} {'is' if len(offline) == 1 else 'are'} set and it is not "
+           f"in the local cache (HF_HOME)" if offline else "the hub cannot be reached")
+    return (f"cannot load {task.hub_path} ({task.hub_config}, split {hub_split}) for {task.key} "
+            f"with data.source: hub: {why} ({type(err).__name__}: {err}). Run once with network "
+            f"access to fill the cache, or set data.source: local and data.local_dir to a copy "
+            f"in the official layout (as configs/local-data.yaml does)")
 
 
 def _plain_hub(task: Task, row: dict) -> Iterator[dict]:

@@ -1,5 +1,9 @@
 """Score one cell: generate answers for its prompts, parse them strictly, and compute the
-official metrics with their bootstrap interval and the invalid rate."""
+official metrics with their bootstrap interval and the invalid rate.
+
+Predictions are checked before they are scored: each row says its position and how many
+rows the file had, and its stored label must be what its generation says. A file cut short
+or altered fails with its path and line instead of giving a number."""
 from __future__ import annotations
 
 import logging
@@ -19,16 +23,63 @@ def predict(task: Task, model, tokenizer, prompt_rows: list[dict], batch_size: i
                                    batch_size=batch_size, max_new_tokens=max_new_tokens,
                                    desc=f"{task.key}")
     predictions = []
-    for row, generation in zip(prompt_rows, generations):
+    for position, (row, generation) in enumerate(zip(prompt_rows, generations), start=1):
         answer = parse_answer(task, generation)
         kept = {k: v for k, v in row.items() if k not in ("prompt", "completion")}
         predictions.append(dict(kept, generation=generation, prediction=answer.label,
-                                valid=answer.valid, closed=answer.closed))
+                                valid=answer.valid, closed=answer.closed,
+                                position=position, of=len(prompt_rows)))
     return predictions
+
+
+def check_predictions(task: Task, predictions: list[dict]) -> None:
+    """Raise a ValueError naming the file and line (for rows from `files.read_jsonl`) of the
+    first prediction row that is incomplete, out of place, or disagrees with its own
+    generation; and if rows are missing."""
+    def where(i: int) -> str:
+        return predictions.where(i) if hasattr(predictions, "where") else f"predictions row {i + 1}"
+
+    source = getattr(predictions, "path", None)
+    remedy = (f"rerun the cell's evaluation (`snakemake --forcerun {source}`), or delete the "
+              f"file" if source else "rerun the cell's evaluation")
+    source = source or "the predictions"
+    if not predictions:
+        raise ValueError(f"{source}: no predictions; {remedy}")
+    total = predictions[0].get("of")
+    for i, row in enumerate(predictions):
+        missing = [k for k in ("generation", "prediction", "valid", "closed", "label")
+                   if k not in row]
+        if missing:
+            raise ValueError(f"{where(i)}: missing {', '.join(missing)}: the file was altered; "
+                             f"{remedy}")
+        if "of" in row and (row.get("position") != i + 1 or row["of"] != total):
+            raise ValueError(f"{where(i)}: row {row.get('position')} of {row['of']} where row "
+                             f"{i + 1} of {total} belongs: rows are missing or out of order; "
+                             f"{remedy}")
+        gold = row["label"]
+        if task.is_regression:
+            sound_gold = isinstance(gold, (int, float)) and not isinstance(gold, bool)
+        else:
+            sound_gold = gold in task.classes
+        if not sound_gold:
+            raise ValueError(f"{where(i)}: gold label {gold!r} is not one of {task.key}'s "
+                             f"labels; {remedy}")
+        if not isinstance(row["generation"], str):
+            raise ValueError(f"{where(i)}: the generation is not text; {remedy}")
+        answer = parse_answer(task, row["generation"])
+        if (answer.label, answer.valid) != (row["prediction"], row["valid"]):
+            raise ValueError(
+                f"{where(i)}: stored prediction {row['prediction']!r} (valid: {row['valid']!r}) "
+                f"is not what its generation says ({answer.label!r}): the file was altered, or "
+                f"written by an older answer parser; {remedy}")
+    if total is not None and len(predictions) != total:
+        raise ValueError(f"{source}: {len(predictions)} rows, but its rows say {total}: the "
+                         f"file was cut short; {remedy}")
 
 
 def score(task: Task, predictions: list[dict], invalid_policy: str = "wrong", seed: int = 0,
           bootstrap_resamples: int = 1000) -> dict:
+    check_predictions(task, predictions)
     labels = [p["prediction"] for p in predictions]
     scores = compute_metrics(task, predictions, labels, invalid_policy, seed)
     result = {

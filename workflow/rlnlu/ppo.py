@@ -36,11 +36,12 @@ from torch import nn
 
 from . import answers, checkpoints
 from .answers import CLOSE_TAG, RewardScheme
-from .files import atomic_dir
+from .files import exclusive_lock
 from .generation import needs_special_tokens
 from .models import load_tokenizer, resolve_device, resolve_dtype
 from .tasks import Task, get_task
-from .training import LoraSettings, plot_curves, settings_from_config, write_curve_csv
+from .training import (LoraSettings, plot_curves, resume_point, save_adapter,
+                       settings_from_config, write_curve_csv)
 
 logger = logging.getLogger(__name__)
 CURVE_COLUMNS = ("step", "reward", "accuracy", "invalid_rate", "kl", "kl_coef", "entropy",
@@ -195,6 +196,7 @@ def build_policy(model_location: str, settings: PPOSettings, seed_adapter: str |
     model = AutoModelForCausalLM.from_pretrained(
         model_location, dtype=resolve_dtype(settings.dtype, device))
     if seed_adapter:
+        checkpoints.check_adapter(seed_adapter)  # a damaged SFT adapter is named, never used
         model = PeftModel.from_pretrained(model, seed_adapter).merge_and_unload()
     model = get_peft_model(model, settings.lora())
     value_head = nn.Linear(model.config.hidden_size, 1)  # fp32 even when the model is bf16
@@ -397,8 +399,16 @@ def train_ppo(model_location: str, rows: list[dict], task: Task | None, adapter_
               reward_scheme: RewardScheme | None = None,
               log: Callable[[str], None] = logger.info) -> dict:
     """Train a LoRA adapter with PPO on prompt rows ("prompt" ending in <Judgement>, "label")
-    and save it as a PEFT folder in `adapter_dir`. Resumes from the newest sound checkpoint in
-    `work_dir`; a killed and resumed run ends with the same adapter as an uninterrupted one."""
+    and save it as a sealed PEFT folder in `adapter_dir`. Resumes from the newest sound
+    checkpoint in `work_dir`; a killed and resumed run ends with the same adapter as an
+    uninterrupted one. Only one job at a time may use `work_dir`; a second fails at once."""
+    with exclusive_lock(work_dir, "training job"):
+        return _train_ppo(model_location, rows, task, adapter_dir, work_dir, settings, curve_csv,
+                          curve_png, seed_adapter, reward_scheme, log)
+
+
+def _train_ppo(model_location, rows, task, adapter_dir, work_dir, settings, curve_csv, curve_png,
+               seed_adapter, reward_scheme, log) -> dict:
     from tqdm.auto import tqdm
 
     rows = [row for row in rows if row.get("label") is not None]
@@ -419,7 +429,9 @@ def train_ppo(model_location: str, rows: list[dict], task: Task | None, adapter_
                                           kl_settings.horizon)
                      if kl_settings.adaptive else FixedKLController(kl_settings.init_kl_coef))
     curve, start = [], 0
-    checkpoint = checkpoints.latest_valid(work_dir)
+    # Damaged checkpoints newer than the sound one are removed: left in place they would
+    # count among the newest two that save_checkpoint keeps, and push sound ones out.
+    checkpoint = resume_point(Path(work_dir))
     if checkpoint is not None:
         start = checkpoints.step_of(checkpoint)
         log(f"resuming from {checkpoint} at step {start}")
@@ -486,8 +498,7 @@ def train_ppo(model_location: str, rows: list[dict], task: Task | None, adapter_
                             rng, curve)
     progress.close()
 
-    with atomic_dir(adapter_dir) as tmp:
-        model.save_pretrained(tmp)
+    save_adapter(model, adapter_dir)
     write_curve_csv(curve, curve_csv, CURVE_COLUMNS)
     if curve_png:
         plot_curves(curve, curve_png, f"PPO on {task.key if task else 'all tasks'}", CURVE_PANELS)

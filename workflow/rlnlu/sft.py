@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .files import exclusive_lock
 from .models import load_tokenizer, resolve_device, resolve_dtype
 from .training import (LoraSettings, check_trainer_settings, common_trainer_args,
                        curve_from_log_history, plot_curves, sealing_callback,
@@ -151,8 +152,9 @@ def train_sft(model_location: str, rows: list[dict], adapter_dir, work_dir,
     """
     started = time.monotonic()
     rows = _subsample(rows, settings.max_examples, random.Random(settings.seed))
-    trainer = build_trainer(model_location, rows, work_dir, settings)
-    resumed_from_step = train_and_save_adapter(trainer, work_dir, adapter_dir, log)
+    with exclusive_lock(work_dir, "training job"):  # before loading: a second job fails fast
+        trainer = build_trainer(model_location, rows, work_dir, settings)
+        resumed_from_step = train_and_save_adapter(trainer, work_dir, adapter_dir, log)
 
     curve = curve_from_log_history(trainer.state.log_history, CURVE_SOURCES, logged_with="loss")
     write_curve_csv(curve, curve_csv, CURVE_COLUMNS)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import checkpoints
-from .files import atomic_dir, atomic_path
+from .files import atomic_dir, atomic_path, exclusive_lock
 from .models import lora_config
 
 log = logging.getLogger(__name__)
@@ -126,17 +126,47 @@ def train_and_save_adapter(trainer, work_dir, adapter_dir,
     """Train from the newest sealed checkpoint in `work_dir` (or from the start), then save
     the adapter as a PEFT folder in `adapter_dir`. Returns the step resumed from, or None.
     Where it starts is logged to `method_log`, the calling method's logger."""
-    resume_from = resume_point(Path(work_dir))
-    if resume_from is None:
-        method_log.info("no sealed checkpoint in %s; training from the start", work_dir)
-    else:
-        method_log.info("resuming from %s at step %d",
-                        resume_from, checkpoints.step_of(resume_from))
-    # An explicit path (or None) keeps the Trainer from choosing a checkpoint itself.
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    with atomic_dir(adapter_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
+    with exclusive_lock(work_dir, "training job"):  # one job per work folder
+        resume_from = resume_point(Path(work_dir))
+        if resume_from is None:
+            method_log.info("no sealed checkpoint in %s; training from the start", work_dir)
+        else:
+            method_log.info("resuming from %s at step %d",
+                            resume_from, checkpoints.step_of(resume_from))
+        if resume_from is not None and restore_if_finished(trainer, resume_from):
+            method_log.info("%s is the end of training; saving its adapter", resume_from)
+        else:
+            # An explicit path (or None) keeps the Trainer from choosing a checkpoint itself.
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        save_adapter(trainer.model, adapter_dir)
     return checkpoints.step_of(resume_from) if resume_from else None
+
+
+def restore_if_finished(trainer, checkpoint: Path) -> bool:
+    """If `checkpoint` is the last step of training (a job killed after saving it, before
+    saving the adapter), load its weights and state into `trainer` and return True.
+
+    The Trainer cannot resume from there: it would train one step more than an
+    uninterrupted run (transformers resumes into the next batch before it checks
+    max_steps), so the adapter and curve would differ."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+    from transformers import TrainerState
+
+    state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    if not state.max_steps or state.global_step < state.max_steps:
+        return False
+    device = next(trainer.model.parameters()).device
+    set_peft_model_state_dict(trainer.model, load_peft_weights(str(checkpoint), device=str(device)))
+    trainer.state = state
+    return True
+
+
+def save_adapter(model, adapter_dir) -> None:
+    """Save a PEFT adapter folder atomically and sealed (checksummed), so that loading it
+    later can tell a damaged adapter from a sound one (`checkpoints.check_adapter`)."""
+    with atomic_dir(adapter_dir) as tmp:
+        model.save_pretrained(tmp)
+        checkpoints.seal(tmp)
 
 
 # ---------------------------------------------------------------- curves

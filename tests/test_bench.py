@@ -1,0 +1,256 @@
+"""The benchmark's arithmetic and reports, without running any benchmark: FLOP counting on a
+tiny model shape, the Markdown table writer on fake measurements, the paper-scale projection."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from rlnlu import bench
+from rlnlu.bench import (GpuSpec, ModelShape, forward_flops, generation_flops, markdown_table,
+                         ppo_step_flops, project_paper_scale, sft_step_flops, train_flops)
+
+TINY_CONFIG = SimpleNamespace(num_hidden_layers=2, hidden_size=8, intermediate_size=16,
+                              num_attention_heads=2, num_key_value_heads=1, vocab_size=10)
+QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@pytest.fixture
+def tiny():
+    return ModelShape.from_config(TINY_CONFIG)
+
+
+# ---------------------------------------------------------------- FLOP counting
+
+def test_shape_counts_by_hand(tiny):
+    assert tiny.head_dim == 4 and tiny.kv_heads == 1
+    # per block: q 8x8, k 8x4, v 8x4, o 8x8, gate/up 8x16, down 16x8 = 64+32+32+64+3*128
+    assert tiny.block_params == 2 * 576
+    assert tiny.lm_head_params == 80
+    # LoRA r=2: r*(in+out) per module: q 32, k 24, v 24, o 32
+    assert tiny.lora_params(2, QKVO) == 2 * 112
+    assert tiny.lora_params(2, "all-linear") == 2 * (112 + 3 * 2 * 24)
+    with pytest.raises(ValueError, match="no linear layer"):
+        tiny.lora_params(2, ["c_attn"])
+
+
+def test_smollm2_shape_matches_its_parameter_count():
+    config = SimpleNamespace(num_hidden_layers=30, hidden_size=576, intermediate_size=1536,
+                             num_attention_heads=9, num_key_value_heads=3, head_dim=64,
+                             vocab_size=49152)
+    shape = ModelShape.from_config(config)
+    assert shape.block_params == 30 * 3_538_944
+    # + tied embeddings/lm_head (28.3M) + norms ≈ the 134.5M parameters of SmolLM2-135M
+    assert 134e6 < shape.block_params + shape.lm_head_params < 135e6
+
+
+def test_mpt_style_mlp_has_two_matrices():
+    shape = ModelShape(1, 8, 32, 2, 2, 4, 10, gated_mlp=False)
+    assert set(shape.linear_shapes()) == {"q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
+                                          "down_proj"}
+    assert shape.block_params == 4 * 64 + 2 * 256
+
+
+def test_forward_flops_by_hand(tiny):
+    # attention per (query, key) pair: 4 * layers * heads * head_dim = 64
+    assert tiny.attention_flops(3, 5) == 64 * 15
+    expected = 2 * 1152 * 8 + 64 * (9 + 25) + 2 * 80 * 2
+    assert forward_flops(tiny, [3, 5], lm_head_positions=2) == expected
+    assert forward_flops(tiny, [3, 5], 2, lora_params=224) == expected + 2 * 224 * 8
+
+
+def test_train_flops_conventions(tiny):
+    seqs, positions, lora = [4, 6], 3, 224
+    linear = 2 * 1152 * 10 + 2 * 80 * 3
+    attention = 64 * (16 + 36)
+    # full training: 3 x forward
+    assert train_flops(tiny, seqs, positions, lora, frozen_base=False) == \
+        3 * forward_flops(tiny, seqs, positions, lora)
+    # LoRA on a frozen base: 2 x linear, 3 x attention, 3 x the adapters' forward
+    frozen = train_flops(tiny, seqs, positions, lora)
+    assert frozen == 2 * linear + 3 * attention + 3 * 2 * lora * 10
+    # activation checkpointing recomputes the blocks' forward once
+    assert train_flops(tiny, seqs, positions, lora, recompute=True) == \
+        frozen + 2 * (1152 + lora) * 10 + attention
+    assert sft_step_flops(tiny, seqs, positions, lora) == frozen
+
+
+def test_generation_flops_by_hand(tiny):
+    prefill = 2 * 1152 * 3 + 64 * 9 + 2 * 80  # prompt of 3, logits for the first new token
+    assert generation_flops(tiny, [3], 1) == prefill
+    # a second token: one position through blocks + lm_head, attending to 4 keys
+    assert generation_flops(tiny, [3], 2) == prefill + 2 * (1152 + 80) + 64 * 4
+    assert generation_flops(tiny, [3, 3], 2) == 2 * generation_flops(tiny, [3], 2)
+
+
+def test_ppo_step_flops_parts(tiny):
+    parts = ppo_step_flops(tiny, [5, 7], response_len=3, ppo_epochs=2, lora_params=224)
+    assert parts["total"] == sum(v for k, v in parts.items() if k != "total")
+    assert parts["reference_forward"] == forward_flops(tiny, [8, 10], 6)
+    assert parts["policy_forward"] == forward_flops(tiny, [8, 10], 6, 224)
+    assert parts["update"] == 2 * train_flops(tiny, [8, 10], 6, 224)
+    one_epoch = ppo_step_flops(tiny, [5, 7], 3, 1, 224)
+    assert parts["total"] - one_epoch["total"] == train_flops(tiny, [8, 10], 6, 224)
+
+
+# ---------------------------------------------------------------- the report
+
+def test_markdown_table_escapes_and_blanks():
+    text = markdown_table(["a", "b"], [["x|y", None], [1.5, "two\nlines"]])
+    assert text.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | — |",
+                                 "| 1.5 | two lines |"]
+
+
+def test_fmt_significant_digits():
+    assert bench.fmt(None) is None
+    assert bench.fmt(0.123456) == "0.123"
+    assert bench.fmt(12.3456) == "12.3"
+    assert bench.fmt(123456.7) == "123,457"
+    assert bench.fmt(42) == "42"
+    assert bench.fmt(float("nan")) == "nan"
+
+
+def fake_results(**overrides):
+    results = {
+        "quick": False,
+        "machine": {"date": "2026-01-01 00:00", "platform": "Linux", "cpus": 2,
+                    "torch_threads": 2, "device": "cpu", "dtype": "auto", "torch": "2.13",
+                    "transformers": "5.24", "peft": "0.21", "trl": "1.16",
+                    "loadavg_start": 0.5, "loadavg_end": 0.7},
+        "matmul": {"status": "ok", "device": "cpu", "dtype": "float32", "flops_per_s": 50e9},
+        "eval": {"status": "ok", "examples": 256, "speedup": 3.5, "agreement": 0.98,
+                 "project": {"examples_per_s": 7.0, "accuracy": 0.9, "invalid_rate": 0.0},
+                 "baseline": {"examples_per_s": 2.0, "accuracy": 0.89, "invalid_rate": 0.01}},
+        "ppo": {"status": "ok", "prompts": 8, "response_length": 16, "time_ratio": 0.4,
+                "memory_ratio": 0.6,
+                "project": {"status": "ok", "step_seconds": 4.0, "peak_rss_mib": 600.0,
+                            "matmul_fraction": 0.45},
+                "baseline": {"status": "ok", "step_seconds": 10.0, "peak_rss_mib": 1000.0,
+                             "matmul_fraction": 0.18}},
+        "sft": {"status": "ok", "batch_size": 8, "mean_tokens": 95.2, "speedup": 1.25,
+                "project": {"tokens_per_s": 500.0, "matmul_fraction": 0.3},
+                "baseline": {"tokens_per_s": 400.0, "matmul_fraction": 0.24}},
+        "planning": {"status": "ok", "seconds": 8.5, "jobs": 1265},
+    }
+    results.update(overrides)
+    return results
+
+
+def rows_by_name(report: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in report.splitlines():
+        if line.startswith("| ") and not line.startswith("| measurement"):
+            cells = [c.strip() for c in line.strip("|").split(" | ")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_report_rows_and_verdicts():
+    report = bench.format_report(fake_results())
+    rows = rows_by_name(report)
+    evaluation = rows["Evaluation throughput, examples/s (SST-2 dev, 256 examples)"]
+    assert evaluation == ["7", "2", "3.5×", "≥ 3×", "yes"]
+    assert rows["PPO step wall time, s (8 prompts × 16 tokens)"] == ["4", "10", "0.4×", "≤ 0.5×", "yes"]
+    assert rows["PPO peak RSS of the process, MiB"] == ["600", "1,000", "0.6×", "≤ 0.5×", "no"]
+    assert rows["PPO step, fraction of the matmul rate"][:2] == ["45.0%", "18.0%"]
+    assert rows["PPO step, fraction of the matmul rate"][-1] == "yes"
+    assert rows["SFT step, fraction of the matmul rate"][-1] == "no"
+    assert rows["SFT throughput, tokens/s (batch 8 × 95 tokens)"][:3] == ["500", "400", "1.25×"]
+    assert rows["Planning `snakemake -n --configfile configs/paper.yaml`, s (1265 jobs)"] == \
+        ["8.5", "—", "—", "≤ 10 s", "yes"]
+    assert "smoke check" not in report
+    assert "smoke check" in bench.format_report(fake_results(quick=True))
+
+
+def test_report_shows_a_side_that_failed():
+    results = fake_results()
+    results["ppo"] = {"status": "ok", "prompts": 8, "response_length": 16,
+                      "project": {"status": "ok", "step_seconds": 4.0, "peak_rss_mib": 600.0},
+                      "baseline": {"status": "error",
+                                   "error": "Traceback ...\nImportError: cannot import name X"}}
+    results["planning"] = {"status": "error", "error": "ValidationError: bad config",
+                           "with_explicit_config_yaml": {"status": "ok", "seconds": 9.0,
+                                                         "jobs": 10}}
+    report = bench.format_report(results)
+    rows = rows_by_name(report)
+    time_row = rows["PPO step wall time, s (8 prompts × 16 tokens)"]
+    assert time_row[:2] == ["4", "error: ImportError: cannot import name X"]
+    assert time_row[2:] == ["—", "≤ 0.5×", "—"]
+    planning = rows["Planning `snakemake -n --configfile configs/paper.yaml`, s"]
+    assert planning == ["error: ValidationError: bad config", "—", "—", "≤ 10 s", "no"]
+    assert any(name.startswith("… the same plan") for name in rows)
+    assert "PPO baseline side did not run" in report
+
+
+# ---------------------------------------------------------------- projection
+
+def test_projection_arithmetic_on_one_tiny_task(tiny):
+    gpu = GpuSpec(name="toy", peak_flops=1e6, utilisation=0.5, memory_bandwidth=1e3,
+                  bytes_per_param=2)
+    tasks = {"glue/t": ("t", 10, 4, 6, 20, 7, True)}  # 10 train, 4 eval rows
+    settings = {"eval_batch_size": 2, "max_new_tokens": 3, "ppo_steps": 2, "ppo_prompts": 2,
+                "ppo_epochs": 1, "ppo_response": 2, "grpo_steps": 1, "grpo_prompts": 1,
+                "grpo_generations": 2, "grpo_response": 2, "lora_rank": 2,
+                "lora_targets": QKVO, "activation_checkpointing": False}
+    rows = project_paper_scale(settings, gpu, {"m": tiny}, tasks)
+    by_method = {r["method"]: r for r in rows}
+    assert list(by_method) == ["zero_shot", "few_shot", "sft", "sft_multi", "ppo", "ppo_multi",
+                               "grpo"]
+    weights = 1152 + 80
+    # zero-shot: prefill of 4 prompts of 6 tokens (+ first-token logits) at 0.5e6 FLOP/s,
+    # then 2 batches x 2 decode steps, each max(weights*2 bytes / 1e3 B/s, compute)
+    prefill = 4 * (2 * 1152 * 6 + 64 * 36 + 2 * 80)
+    decode = 2 * 2 * max(weights * 2 / 1e3, 2 * weights * 2 / 0.5e6)
+    zero = by_method["zero_shot"]
+    assert zero["pflop"] == pytest.approx(prefill / 1e15)
+    assert zero["gpu_hours"] * 3600 == pytest.approx(prefill / 0.5e6 + decode)
+    assert by_method["few_shot"]["gpu_hours"] > zero["gpu_hours"]
+    # SFT: 10 rows of 7 tokens, loss on COMPLETION_TOKENS positions, 1 epoch, + evaluation
+    per_row = train_flops(tiny, [7], bench.COMPLETION_TOKENS, tiny.lora_params(2, QKVO))
+    assert by_method["sft"]["pflop"] * 1e15 == pytest.approx(10 * per_row + prefill)
+    # one task: the multi-task mix is the task itself
+    assert by_method["sft_multi"]["pflop"] == pytest.approx(by_method["sft"]["pflop"])
+    assert by_method["ppo_multi"]["gpu_hours"] == pytest.approx(by_method["ppo"]["gpu_hours"])
+    for row in rows:
+        assert row["gpu_hours"] == pytest.approx(row["compute_hours"] + row["decode_hours"])
+
+
+def test_projection_upsamples_multi_task_sft(tiny):
+    tasks = {"glue/a": ("a", 10, 1, 5, 10, 5, True), "glue/b": ("b", 2, 1, 5, 10, 5, True),
+             "glue/c": ("a", 0, 1, 5, 10, 5, True)}  # c trains on a's data: no adapter of its own
+    base = {"lora_rank": 2, "lora_targets": QKVO, "activation_checkpointing": False}
+    rows = {r["method"]: r for r in project_paper_scale(base, GpuSpec(), {"m": tiny}, tasks)}
+    eval_flops = rows["zero_shot"]["pflop"]
+    single = rows["sft"]["pflop"] - eval_flops
+    multi = rows["sft_multi"]["pflop"] - eval_flops
+    assert multi / single == pytest.approx(20 / 12)  # b upsampled from 2 to 10 rows
+    proportional = {r["method"]: r for r in project_paper_scale(
+        dict(base, sft_multi_mixing="proportional"), GpuSpec(), {"m": tiny}, tasks)}
+    assert proportional["sft_multi"]["pflop"] == pytest.approx(rows["sft"]["pflop"])
+
+
+def test_projection_of_the_paper_grid_is_complete_and_positive():
+    rows = project_paper_scale()
+    assert len(rows) == len(bench.PAPER_MODELS) * 7
+    assert all(r["gpu_hours"] > 0 and math.isfinite(r["gpu_hours"]) for r in rows)
+    table = bench.projection_table(rows)
+    assert "**total**" in table and "llama2-7b-chat" in table
+    # every task of configs/paper.yaml has sizes
+    assert len(bench.TASK_SIZES) == 21
+
+
+# ---------------------------------------------------------------- the command
+
+def test_quick_defaults_and_unknown_sections():
+    args = bench.parse_args(["--quick"])
+    assert (args.eval_examples, args.ppo_prompts, args.ppo_tokens, args.sft_batch) == (8, 2, 4, 2)
+    args = bench.parse_args([])
+    assert (args.eval_examples, args.ppo_prompts, args.ppo_tokens, args.sft_batch) == (256, 8, 16, 8)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--only", "eval,bogus"])
+
+
+def test_missing_model_names_the_convert_rule(tmp_path):
+    with pytest.raises(SystemExit, match="snakemake --cores 1 resources/models/smollm2-135m"):
+        bench.check_model(str(tmp_path / "nowhere"))

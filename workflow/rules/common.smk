@@ -70,13 +70,6 @@ def prompt_options(wildcards):
             "--shot-selection",
             config["prompts"]["shot_selection"],
         ]
-    if wildcards.split != "train" and config["evaluation"]["max_examples"]:
-        options += [
-            "--max-examples",
-            str(config["evaluation"]["max_examples"]),
-            "--sample-seed",
-            str(config["evaluation"]["sample_seed"]),
-        ]
     return " ".join(options)
 
 
@@ -150,3 +143,34 @@ def rl_train_options(wildcards, input, method):
     options = [f"--train {t.key}={path}" for t, path in zip(tasks, input.train)]
     options += [f"--seed-adapter {path}" for path in input.seed_adapter]
     return " ".join(options)
+
+
+def sample_options(wildcards):
+    """Cells score a seeded subsample of their split, the same examples for every method."""
+    if not config["evaluation"]["max_examples"]:
+        return ""
+    return (
+        f"--max-examples {config['evaluation']['max_examples']} "
+        f"--sample-seed {config['evaluation']['sample_seed']}"
+    )
+
+
+def test_prompts(wildcards):
+    style = grid.PROMPT_STYLE[wildcards.method]
+    return (
+        f"results/prompts/{wildcards.model}/{wildcards.benchmark}/{wildcards.task}/"
+        f"{style}/test.jsonl"
+    )
+
+
+def submission_tasks(wildcards):
+    """Tasks of the benchmark in the config whose test split is available."""
+    return [t for t in GRID.tasks(wildcards.benchmark) if not GRID.missing_test_data(t)]
+
+
+def submission_predictions(wildcards):
+    return [
+        f"results/test_predictions/{wildcards.model}/{t.benchmark}/{t.name}/"
+        f"{wildcards.method}/seed{wildcards.seed}.jsonl"
+        for t in submission_tasks(wildcards)
+    ]

@@ -16,6 +16,17 @@ validate(config, schema="../schemas/config.schema.yaml")
 GRID = grid.Grid.from_config(config)
 GRID.check()  # unknown model keys, bad settings, missing data: fail before any job
 
+# GPU rules start their command with {GPU}: empty, except with `resources: gpu: N` (as in
+# profiles/gpu), where each such job first claims one free GPU of N through
+# profiles/gpu/pick_gpu.py, which runs it with CUDA_VISIBLE_DEVICES set to that GPU.
+GPU_SLOTS = getattr(workflow.global_resources.get("gpu"), "value", None)
+GPU = (
+    f"python {shlex.quote(os.path.join(workflow.basedir, 'profiles', 'gpu', 'pick_gpu.py'))} "
+    f"--slots {GPU_SLOTS} -- "
+    if GPU_SLOTS
+    else ""
+)
+
 
 wildcard_constraints:
     model="|".join(map(re.escape, config["model_registry"])),

@@ -19,13 +19,14 @@ rule evaluate:
     threads: 4
     params:
         location=model_location,
+        gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
         inference=config["inference"],
         adapters=lambda wildcards, input: " ".join(
             f"--adapter {a}" for a in input.adapters
         ),
         sample=sample_options,
     shell:
-        "OMP_NUM_THREADS={threads} python -m rlnlu evaluate --benchmark {wildcards.benchmark} "
+        "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu evaluate --benchmark {wildcards.benchmark} "
         "--task {wildcards.task} --prompts {input.prompts} --model-location {params.location} "
         "{params.adapters} "
         "--dtype {params.inference[dtype]} --device {params.inference[device]} "
@@ -70,6 +71,7 @@ use rule evaluate as evaluate_test with:
         "benchmarks/evaluate_test/{model}/{benchmark}/{task}/{method}/seed{seed}.tsv"
     params:
         location=model_location,
+        gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
         inference=config["inference"],
         adapters=lambda wildcards, input: " ".join(
             f"--adapter {a}" for a in input.adapters

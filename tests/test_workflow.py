@@ -79,6 +79,13 @@ def test_smoke_workflow_builds_both_tables(tmp_path, tiny_model_dir):
     superglue = pd.read_csv(tmp_path / "results/tables/superglue.csv")
     assert {"multirc_f1a", "multirc_em"} <= set(superglue.columns)
 
+    # The self-contained HTML report: tables, score plots, training curves.
+    snakemake(tmp_path, "--configfile", str(config), "--report", "report.html", "--",
+              "results/tables/glue.csv", "results/tables/superglue.csv")
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    assert "glue_scores.png" in html and "Training curves" in html
+    assert (tmp_path / "results/plots/glue_scores.png").stat().st_size > 1000
+
     # Provenance: what produced the number.
     provenance = cell["provenance"]
     assert len(provenance["settings_hash"]) == 16 and provenance["settings"]["sft"]

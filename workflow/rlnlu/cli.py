@@ -34,10 +34,10 @@ def cmd_convert_model(args):
 
 def cmd_render_prompts(args):
     from .models import load_tokenizer
-    from .prompts import PromptStyle, render_split, subsample
+    from .prompts import PromptStyle, render_split
 
     task = _task(args)
-    records = subsample(files.read_jsonl(args.records), args.max_examples, args.sample_seed)
+    records = files.read_jsonl(args.records)
     train_pool = files.read_jsonl(args.train) if args.train else None
     style = PromptStyle(shots=args.shots, chat_template=args.chat_template,
                         shot_selection=args.shot_selection, seed=args.seed)
@@ -52,12 +52,13 @@ def cmd_evaluate(args):
     from .models import load_model, load_tokenizer
 
     from .models import resolve_device
+    from .prompts import subsample
     from .provenance import run_record
 
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     task = _task(args)
-    rows = files.read_jsonl(args.prompts)
+    rows = subsample(files.read_jsonl(args.prompts), args.max_examples, args.sample_seed)
     tokenizer = load_tokenizer(args.model_location)
     model = load_model(args.model_location, args.dtype, args.device, args.adapter)
     predictions = predict(task, model, tokenizer, rows, args.batch_size, args.max_new_tokens)
@@ -142,6 +143,14 @@ def cmd_train_rl(args):
     print(json.dumps(summary, default=str))
 
 
+def cmd_submission(args):
+    from .submissions import write_submission
+
+    tasks = [get_task(args.benchmark, name) for name in args.tasks]
+    names = write_submission(args.benchmark, tasks, args.predictions, args.out, args.seed)
+    logging.info("wrote %s with %s", args.out, ", ".join(names))
+
+
 def cmd_tables(args):
     from .report import plot_scores
     from .tables import write_tables
@@ -181,8 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--shots", type=int, default=0)
     sub.add_argument("--shot-selection", choices=["random", "first"], default="random")
     sub.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=True)
-    sub.add_argument("--max-examples", type=int)
-    sub.add_argument("--sample-seed", type=int, default=0)
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--out", required=True)
 
@@ -194,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--device", default="auto")
     sub.add_argument("--batch-size", type=int, default=8)
     sub.add_argument("--max-new-tokens", type=int, default=16)
+    sub.add_argument("--max-examples", type=int, help="a seeded subsample of the prompts")
+    sub.add_argument("--sample-seed", type=int, default=0)
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--out", required=True)
     sub.add_argument("--run-record", required=True, help="where to write device, time, memory")
@@ -235,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--work-dir", required=True)
     sub.add_argument("--curve-csv", required=True)
     sub.add_argument("--curve-png")
+
+    sub = command("submission", cmd_submission)
+    sub.add_argument("--benchmark", required=True)
+    sub.add_argument("--tasks", nargs="+", required=True)
+    sub.add_argument("--predictions", nargs="+", required=True, help="one per task, in order")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--out", required=True)
 
     sub = command("tables", cmd_tables)
     sub.add_argument("--benchmark", required=True)

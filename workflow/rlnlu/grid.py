@@ -161,6 +161,9 @@ class Grid:
         owners = {task.train_task.key: task.train_task for task in self.tasks(benchmark)}
         return [task for task in owners.values() if not self._missing(task, "train")]
 
+    def missing_test_data(self, task: Task) -> str | None:
+        return self._missing(task, "test")
+
     def _missing(self, task: Task, split: str) -> str | None:
         if self.config["data"]["source"] != "local":
             return None

@@ -16,6 +16,17 @@ validate(config, schema="../schemas/config.schema.yaml")
 GRID = grid.Grid.from_config(config)
 GRID.check()  # unknown model keys, bad settings, missing data: fail before any job
 
+# GPU rules start their command with {GPU}: empty, except with `resources: gpu: N` (as in
+# profiles/gpu), where each such job first claims one free GPU of N through
+# profiles/gpu/pick_gpu.py, which runs it with CUDA_VISIBLE_DEVICES set to that GPU.
+GPU_SLOTS = getattr(workflow.global_resources.get("gpu"), "value", None)
+GPU = (
+    f"python {shlex.quote(os.path.join(workflow.basedir, 'profiles', 'gpu', 'pick_gpu.py'))} "
+    f"--slots {GPU_SLOTS} -- "
+    if GPU_SLOTS
+    else ""
+)
+
 
 wildcard_constraints:
     model="|".join(map(re.escape, config["model_registry"])),
@@ -69,13 +80,6 @@ def prompt_options(wildcards):
             str(config["prompts"]["shots"]),
             "--shot-selection",
             config["prompts"]["shot_selection"],
-        ]
-    if wildcards.split != "train" and config["evaluation"]["max_examples"]:
-        options += [
-            "--max-examples",
-            str(config["evaluation"]["max_examples"]),
-            "--sample-seed",
-            str(config["evaluation"]["sample_seed"]),
         ]
     return " ".join(options)
 
@@ -150,3 +154,34 @@ def rl_train_options(wildcards, input, method):
     options = [f"--train {t.key}={path}" for t, path in zip(tasks, input.train)]
     options += [f"--seed-adapter {path}" for path in input.seed_adapter]
     return " ".join(options)
+
+
+def sample_options(wildcards):
+    """Cells score a seeded subsample of their split, the same examples for every method."""
+    if not config["evaluation"]["max_examples"]:
+        return ""
+    return (
+        f"--max-examples {config['evaluation']['max_examples']} "
+        f"--sample-seed {config['evaluation']['sample_seed']}"
+    )
+
+
+def test_prompts(wildcards):
+    style = grid.PROMPT_STYLE[wildcards.method]
+    return (
+        f"results/prompts/{wildcards.model}/{wildcards.benchmark}/{wildcards.task}/"
+        f"{style}/test.jsonl"
+    )
+
+
+def submission_tasks(wildcards):
+    """Tasks of the benchmark in the config whose test split is available."""
+    return [t for t in GRID.tasks(wildcards.benchmark) if not GRID.missing_test_data(t)]
+
+
+def submission_predictions(wildcards):
+    return [
+        f"results/test_predictions/{wildcards.model}/{t.benchmark}/{t.name}/"
+        f"{wildcards.method}/seed{wildcards.seed}.jsonl"
+        for t in submission_tasks(wildcards)
+    ]

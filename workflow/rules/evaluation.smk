@@ -19,18 +19,20 @@ rule evaluate:
     threads: 4
     params:
         location=model_location,
+        gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
         inference=config["inference"],
         adapters=lambda wildcards, input: " ".join(
             f"--adapter {a}" for a in input.adapters
         ),
+        sample=sample_options,
     shell:
-        "OMP_NUM_THREADS={threads} python -m rlnlu evaluate --benchmark {wildcards.benchmark} "
+        "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu evaluate --benchmark {wildcards.benchmark} "
         "--task {wildcards.task} --prompts {input.prompts} --model-location {params.location} "
         "{params.adapters} "
         "--dtype {params.inference[dtype]} --device {params.inference[device]} "
         "--batch-size {params.inference[batch_size]} "
         "--max-new-tokens {params.inference[max_new_tokens]} --seed {wildcards.seed} "
-        "--out {output.predictions} --run-record {output.run_record} > {log} 2>&1"
+        "{params.sample} --out {output.predictions} --run-record {output.run_record} > {log} 2>&1"
 
 
 rule score:
@@ -52,3 +54,42 @@ rule score:
         "{params.options} --invalid-policy {params.evaluation[invalid_policy]} "
         "--bootstrap-resamples {params.evaluation[bootstrap_resamples]} "
         "--cell-settings {params.cell_settings} --out {output} > {log} 2>&1"
+
+
+# Leaderboard submissions: every test example of every task, answered by one (model, method).
+use rule evaluate as evaluate_test with:
+    input:
+        prompts=test_prompts,
+        model=model_input,
+        adapters=eval_adapters,
+    output:
+        predictions="results/test_predictions/{model}/{benchmark}/{task}/{method}/seed{seed}.jsonl",
+        run_record="results/test_predictions/{model}/{benchmark}/{task}/{method}/seed{seed}.run.json",
+    log:
+        "logs/evaluate_test/{model}/{benchmark}/{task}/{method}/seed{seed}.log",
+    benchmark:
+        "benchmarks/evaluate_test/{model}/{benchmark}/{task}/{method}/seed{seed}.tsv"
+    params:
+        location=model_location,
+        gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
+        inference=config["inference"],
+        adapters=lambda wildcards, input: " ".join(
+            f"--adapter {a}" for a in input.adapters
+        ),
+        sample="",
+
+
+rule submission:
+    input:
+        submission_predictions,
+    output:
+        "results/submissions/{model}/{method}/seed{seed}/{benchmark}.zip",
+    log:
+        "logs/submission/{model}/{method}/seed{seed}/{benchmark}.log",
+    conda:
+        "../../envs/conda.yaml"
+    params:
+        tasks=lambda wildcards: " ".join(t.name for t in submission_tasks(wildcards)),
+    shell:
+        "python -m rlnlu submission --benchmark {wildcards.benchmark} --tasks {params.tasks} "
+        "--predictions {input} --seed {wildcards.seed} --out {output} > {log} 2>&1"

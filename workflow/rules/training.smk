@@ -27,10 +27,11 @@ rule train_sft:
     threads: 4
     params:
         location=model_location,
+        gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
         settings=json_arg(GRID.sft_settings("sft")),
         work_dir="resources/checkpoints/{model}/{benchmark}/{task}/sft/seed{seed}",
     shell:
-        "OMP_NUM_THREADS={threads} python -m rlnlu train-sft --train {input.train} "
+        "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-sft --train {input.train} "
         "--model-location {params.location} --settings {params.settings} --seed {wildcards.seed} "
         "--adapter {output.adapter} --work-dir {params.work_dir} --curve-csv {output.curve} "
         "--curve-png {output.plot} > {log} 2>&1"
@@ -63,13 +64,14 @@ rule train_sft_multi:
     threads: 4
     params:
         location=model_location,
+        gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
         settings=json_arg(GRID.sft_settings("sft_multi")),
         train=lambda wildcards, input: " ".join(
             f"--train {path}" for path in input.train
         ),
         work_dir="resources/checkpoints/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}",
     shell:
-        "OMP_NUM_THREADS={threads} python -m rlnlu train-sft {params.train} "
+        "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-sft {params.train} "
         "--model-location {params.location} --settings {params.settings} --seed {wildcards.seed} "
         "--adapter {output.adapter} --work-dir {params.work_dir} --curve-csv {output.curve} "
         "--curve-png {output.plot} > {log} 2>&1"
@@ -97,13 +99,14 @@ rule train_ppo:
     threads: 4
     params:
         location=model_location,
+        gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
         algorithm="ppo",
         options=lambda wildcards, input: rl_train_options(wildcards, input, "ppo"),
         settings=json_arg(GRID.rl_settings("ppo")),
         reward=json_arg(config["reward"]),
         work_dir="resources/checkpoints/{model}/{benchmark}/{task}/ppo/seed{seed}",
     shell:
-        "OMP_NUM_THREADS={threads} python -m rlnlu train-rl --algorithm {params.algorithm} {params.options} "
+        "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-rl --algorithm {params.algorithm} {params.options} "
         "--model-location {params.location} --settings {params.settings} "
         "--reward {params.reward} --seed {wildcards.seed} --adapter {output.adapter} "
         "--work-dir {params.work_dir} --curve-csv {output.curve} --curve-png {output.plot} "
@@ -131,6 +134,7 @@ use rule train_ppo as train_ppo_multi with:
         "benchmarks/train_ppo_multi/{model}/{benchmark}/seed{seed}.tsv"
     params:
         location=model_location,
+        gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
         algorithm="ppo",
         options=lambda wildcards, input: rl_train_options(wildcards, input, "ppo_multi"),
         settings=json_arg(GRID.rl_settings("ppo_multi")),
@@ -157,6 +161,7 @@ use rule train_ppo as train_grpo with:
         "benchmarks/train_grpo/{model}/{benchmark}/{task}/seed{seed}.tsv"
     params:
         location=model_location,
+        gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
         algorithm="grpo",
         options=lambda wildcards, input: rl_train_options(wildcards, input, "grpo"),
         settings=json_arg(GRID.rl_settings("grpo")),

@@ -90,17 +90,24 @@ def cmd_score(args):
     files.write_json(args.out, dict(cell, **result, provenance=provenance))
 
 
+def _training_rows(rows_by_task: dict[str, list[dict]], settings: dict, seed: int) -> list[dict]:
+    """One task's rows as they are; several tasks mixed by the multi-task rule (which the
+    settings carry as `mixing` and `cap_per_task`, removed here)."""
+    mixing = {key: settings.pop(key) for key in ("mixing", "cap_per_task") if key in settings}
+    if len(rows_by_task) == 1:
+        return next(iter(rows_by_task.values()))
+    from .sft import mix_tasks
+
+    return mix_tasks(rows_by_task, mixing.get("mixing", "upsample"), seed,
+                     mixing.get("cap_per_task"))
+
+
 def cmd_train_sft(args):
-    from .sft import SFTSettings, mix_tasks, train_sft
+    from .sft import SFTSettings, train_sft
 
     settings = dict(json.loads(args.settings), seed=args.seed)
-    mixing = {key: settings.pop(key) for key in ("mixing", "cap_per_task") if key in settings}
-    rows_by_task = {path: files.read_jsonl(path) for path in args.train}
-    if len(rows_by_task) == 1:
-        rows = next(iter(rows_by_task.values()))
-    else:
-        rows = mix_tasks(rows_by_task, mixing.get("mixing", "upsample"), args.seed,
-                         mixing.get("cap_per_task"))
+    rows = _training_rows({path: files.read_jsonl(path) for path in args.train}, settings,
+                          args.seed)
     summary = train_sft(args.model_location, rows, args.adapter, args.work_dir,
                         SFTSettings.from_config(settings), args.curve_csv, args.curve_png)
     print(json.dumps(summary))
@@ -119,16 +126,11 @@ def _keyed_train_rows(pairs: list[str]) -> dict[str, list[dict]]:
 def cmd_train_rl(args):
     """PPO (single- or multi-task) or GRPO, from an SFT seed adapter or the base model."""
     from .answers import RewardScheme
-    from .sft import mix_tasks
 
     settings = dict(json.loads(args.settings), seed=args.seed)
-    mixing = {key: settings.pop(key) for key in ("mixing", "cap_per_task") if key in settings}
     rows_by_task = _keyed_train_rows(args.train)
-    single = len(rows_by_task) == 1
-    rows = (next(iter(rows_by_task.values())) if single else
-            mix_tasks(rows_by_task, mixing.get("mixing", "upsample"), args.seed,
-                      mixing.get("cap_per_task")))
-    task = get_task(*next(iter(rows_by_task)).split("/")) if single else None
+    rows = _training_rows(rows_by_task, settings, args.seed)
+    task = get_task(*next(iter(rows_by_task)).split("/")) if len(rows_by_task) == 1 else None
     if args.algorithm == "ppo":
         from .ppo import PPOSettings as Settings, train_ppo as train
     else:
@@ -220,30 +222,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--bootstrap-resamples", type=int, default=1000)
     sub.add_argument("--out", required=True)
 
+    def training_arguments(sub):
+        sub.add_argument("--model-location", required=True)
+        sub.add_argument("--settings", default="{}", help="the method's settings as JSON")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--adapter", required=True, help="where the PEFT adapter goes")
+        sub.add_argument("--work-dir", required=True, help="checkpoints, kept across kills")
+        sub.add_argument("--curve-csv", required=True)
+        sub.add_argument("--curve-png")
+
     sub = command("train-sft", cmd_train_sft)
     sub.add_argument("--train", action="append", required=True,
                      help="training prompts (JSON lines); several make a multi-task mix")
-    sub.add_argument("--model-location", required=True)
-    sub.add_argument("--settings", default="{}", help="SFT settings as a JSON object")
-    sub.add_argument("--seed", type=int, default=0)
-    sub.add_argument("--adapter", required=True)
-    sub.add_argument("--work-dir", required=True)
-    sub.add_argument("--curve-csv", required=True)
-    sub.add_argument("--curve-png")
+    training_arguments(sub)
 
     sub = command("train-rl", cmd_train_rl)
     sub.add_argument("--algorithm", choices=["ppo", "grpo"], required=True)
     sub.add_argument("--train", action="append", required=True, metavar="BENCHMARK/TASK=PATH",
                      help="training prompts of a task; several make a multi-task run")
-    sub.add_argument("--model-location", required=True)
     sub.add_argument("--seed-adapter", help="SFT adapter merged into the base before PPO")
-    sub.add_argument("--settings", default="{}", help="PPO settings as a JSON object")
     sub.add_argument("--reward", default="{}", help="reward values as a JSON object")
-    sub.add_argument("--seed", type=int, default=0)
-    sub.add_argument("--adapter", required=True)
-    sub.add_argument("--work-dir", required=True)
-    sub.add_argument("--curve-csv", required=True)
-    sub.add_argument("--curve-png")
+    training_arguments(sub)
 
     sub = command("submission", cmd_submission)
     sub.add_argument("--benchmark", required=True)

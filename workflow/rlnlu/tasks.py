@@ -58,22 +58,28 @@ _NLI3_WORDS = ("Entailment", "Neutral", "Contradiction")
 _ENTAIL_INSTRUCTION = "Does the first sentence entail the second sentence?"
 
 
-def _glue(name, title, fields, instruction, classes, words, metrics=("accuracy",), **kw):
-    kw.setdefault("hub_config", name)
-    kw.setdefault("local_dir", title)
-    kw.setdefault("local_files", dict(_GLUE_FILES))
-    kw.setdefault("hub_splits", dict(_HUB_SPLITS))
-    return Task("glue", name, title, fields, instruction, classes, words, metrics,
-                hub_path="nyu-mll/glue", **kw)
+_HUB_PATHS = {"glue": "nyu-mll/glue", "superglue": "aps/super_glue"}
+_LOCAL_FILES = {"glue": _GLUE_FILES, "superglue": _SG_FILES}
 
 
-def _superglue(name, title, fields, instruction, classes, words, metrics=("accuracy",), **kw):
+def _task(benchmark, name, title, fields, instruction, classes, words, metrics=("accuracy",),
+          **kw):
+    """A registry entry; by default the hub config is the task's key and the local folder
+    its official title."""
     kw.setdefault("hub_config", name)
     kw.setdefault("local_dir", title)
-    kw.setdefault("local_files", dict(_SG_FILES))
+    kw.setdefault("local_files", dict(_LOCAL_FILES[benchmark]))
     kw.setdefault("hub_splits", dict(_HUB_SPLITS))
-    return Task("superglue", name, title, fields, instruction, classes, words, metrics,
-                hub_path="aps/super_glue", **kw)
+    return Task(benchmark, name, title, fields, instruction, classes, words, metrics,
+                hub_path=_HUB_PATHS[benchmark], **kw)
+
+
+def _glue(*args, **kw):
+    return _task("glue", *args, **kw)
+
+
+def _superglue(*args, **kw):
+    return _task("superglue", *args, **kw)
 
 
 TASKS: tuple[Task, ...] = (

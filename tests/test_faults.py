@@ -50,7 +50,7 @@ def job_env(**extra) -> dict:
 # ("sealed"), or halfway through writing checkpoint-N's optimizer state ("writing": the
 # checkpoint's other files are there, its manifest is not).
 KILLABLE_CLI = r"""
-import io, json, os, re, signal, sys
+import io, json, os, signal, sys
 import torch
 torch.set_num_threads(1)
 from rlnlu import checkpoints, cli
@@ -153,13 +153,12 @@ def sft_argv(model: str, train: Path, out: Path) -> list[str]:
             str(out / "curve.csv")]
 
 
-def ppo_argv(model: str, train: Path, out: Path, seed_adapter: Path | None = None) -> list[str]:
-    return (["train-rl", "--algorithm", "ppo", "--train", f"glue/rte={train}",
-             "--model-location", model, "--settings", json.dumps(PPO_SETTINGS),
-             "--reward", json.dumps({"correct": 1.0, "wrong": -1.0, "invalid": -1.0}),
-             "--seed", "5", "--adapter", str(out / "adapter"), "--work-dir", str(out / "work"),
-             "--curve-csv", str(out / "curve.csv")]
-            + (["--seed-adapter", str(seed_adapter)] if seed_adapter else []))
+def ppo_argv(model: str, train: Path, out: Path) -> list[str]:
+    return ["train-rl", "--algorithm", "ppo", "--train", f"glue/rte={train}",
+            "--model-location", model, "--settings", json.dumps(PPO_SETTINGS),
+            "--reward", json.dumps({"correct": 1.0, "wrong": -1.0, "invalid": -1.0}),
+            "--seed", "5", "--adapter", str(out / "adapter"), "--work-dir", str(out / "work"),
+            "--curve-csv", str(out / "curve.csv")]
 
 
 def test_sft_job_killed_at_seeded_points_resumes_to_the_uninterrupted_adapter(
@@ -219,8 +218,10 @@ def test_ppo_job_killed_at_seeded_points_and_a_damaged_checkpoint_resume_to_the_
 
     caplog.set_level("INFO")
     assert cli.main(ppo_argv(tiny_model_dir, train, killed)) == 0
+    assert resumed_at(caplog.text) == resumes_from[-1]
     assert_same_adapter(killed / "adapter", straight / "adapter")
     assert (killed / "curve.csv").read_text() == (straight / "curve.csv").read_text()
+    assert checkpoints.problem_with(killed / "adapter") is None
 
 
 # ---------------------------------------------------------------- through Snakemake
@@ -551,8 +552,6 @@ def test_damaged_sft_adapter_is_named_when_ppo_starts_from_it(sealed_adapter, ti
     ppo.build_policy(tiny_model_dir, settings, seed_adapter=str(sealed_adapter))  # sound: loads
 
 
-@pytest.mark.xfail(strict=True, reason="models.load_model (not in this change) must call "
-                   "checkpoints.check_adapter before loading each adapter: see docs/faults.md")
 @pytest.mark.parametrize("case", list(ADAPTER_DAMAGE))
 def test_damaged_adapter_is_named_when_evaluation_loads_it(sealed_adapter, tiny_model_dir,
                                                             tmp_path, case):
@@ -601,9 +600,6 @@ def test_bad_config_fails_before_any_job_naming_the_key_and_the_fix(tmp_path, ti
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="with data.missing: no_data every cell silently becomes "
-                   "'no data'; grid.Grid.check (not in this change) must check that "
-                   "data.local_dir exists: see docs/faults.md")
 def test_missing_local_data_folder_fails_even_when_missing_data_is_allowed(tmp_path,
                                                                            tiny_model_dir):
     config = workflow_config(tmp_path, tiny_model_dir, data={
@@ -625,8 +621,6 @@ def test_hub_data_while_offline_fails_at_its_job_naming_the_dataset_and_the_fix(
     assert not out.parent.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="models.load_tokenizer / load_model (not in this change) "
-                   "must name the hub id and the registry fix when offline: see docs/faults.md")
 def test_hub_model_while_offline_fails_at_its_job_naming_the_model_and_the_fix(tmp_path):
     records = tmp_path / "records.jsonl"
     files.write_jsonl(records, [{"idx": 0, "fields": {"premise": "P.", "hypothesis": "H."},

@@ -100,7 +100,8 @@ def test_smoke_workflow_builds_both_tables(tmp_path, tiny_model_dir):
                                                           "learning_rate": 1e-3})
     plan = snakemake(tmp_path, "-n", "--configfile", str(changed)).stdout
     assert "results/adapters/tiny/glue/rte/sft/seed0" in plan
-    assert "zero_shot/seed0" not in plan and "few_shot/seed0" not in plan
+    assert "results/predictions/tiny/glue/rte/zero_shot" not in plan
+    assert "results/predictions/tiny/glue/rte/few_shot" not in plan
 
     # The same seed on CPU gives the same metrics, timing aside.
     from rlnlu.provenance import without_timing

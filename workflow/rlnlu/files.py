@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -19,6 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
+log = logging.getLogger(__name__)
+# Filesystems without flock (some network mounts): work unlocked, with a warning.
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 def remake_hint(path) -> str:
     """What to do about a damaged file or folder the workflow made."""
@@ -143,16 +147,24 @@ def exclusive_lock(folder: str | os.PathLike, what: str = "job") -> Iterator[Non
     handle = open(lock_path, "a+", encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        problem = None
     except OSError as err:
-        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        problem = err
+    if problem is not None and problem.errno in _NO_LOCKS:
+        handle.close()
+        log.warning("cannot lock %s (%s); make sure no other job uses it", folder, problem)
+        yield
+        return
+    if problem is not None:
+        if problem.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             handle.close()
-            raise
+            raise problem
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
         raise InUseError(
             f"{folder} is in use by another {what} ({holder}); two jobs must not write it "
-            f"at once. Wait for that one to finish, or stop it, then run this again") from None
+            f"at once. Wait for that one to finish, or stop it, then run this again")
     try:
         handle.seek(0)
         handle.truncate()
@@ -197,8 +209,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def _swap_lock(path: Path) -> Iterator[None]:
     lock_path = path.parent / f".{path.name}.swap-lock"
     with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # waits: a swap takes milliseconds
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # waits: a swap takes milliseconds
+            locked = True
+        except OSError as err:
+            if err.errno not in _NO_LOCKS:
+                raise
+            locked = False  # no locks here: one writer at a time still swaps whole folders
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(handle, fcntl.LOCK_UN)

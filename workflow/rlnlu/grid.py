@@ -68,8 +68,13 @@ class Grid:
                 if key not in spec:
                     raise ConfigError(f"model_registry.{model}.{key} is required for "
                                       f"source: {spec['source']}")
-        if self.config["data"]["source"] == "local" and not self.config["data"].get("local_dir"):
-            raise ConfigError("data.local_dir must name a folder when data.source is local")
+        if self.config["data"]["source"] == "local":
+            local_dir = self.config["data"].get("local_dir")
+            if not local_dir:
+                raise ConfigError("data.local_dir must name a folder when data.source is local")
+            if not Path(local_dir).is_dir():
+                raise ConfigError(f"data.local_dir: {local_dir} is not a folder; point it at "
+                                  "the GLUE/SuperGLUE files in their official layouts")
         self.check_method_settings()
         if self.config["data"]["missing"] == "fail":
             for cell in self.cells():

@@ -69,10 +69,21 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def _not_loadable(location: str, err: OSError) -> FileNotFoundError:
+    """A hub id that is neither cached nor reachable, or a folder that is not there."""
+    return FileNotFoundError(
+        f"cannot load model {location!r} ({err.__class__.__name__}: {str(err).splitlines()[0]}); "
+        "with HF_HUB_OFFLINE=1 it must already be in the Hugging Face cache: point "
+        "model_registry.<key>.path at a local folder, or download it where there is network")
+
+
 def load_tokenizer(location: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(location)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+    except OSError as err:
+        raise _not_loadable(location, err) from None
     tokenizer.padding_side = "left"  # decoder-only batches generate from the right edge
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -84,8 +95,15 @@ def load_model(location: str, dtype: str = "auto", device: str = "auto", adapter
     SFT adapter it was seeded from)."""
     from transformers import AutoModelForCausalLM
 
+    from .checkpoints import check_adapter
+
     device = resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=resolve_dtype(dtype, device))
+    for adapter in adapters:
+        check_adapter(adapter)  # a damaged adapter is named, never loaded
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=resolve_dtype(dtype, device))
+    except OSError as err:
+        raise _not_loadable(location, err) from None
     for adapter in adapters:
         from peft import PeftModel
 

@@ -73,7 +73,7 @@ class Grid:
             if not local_dir:
                 raise ConfigError("data.local_dir must name a folder when data.source is local")
             if not Path(local_dir).is_dir():
-                raise ConfigError(f"data.local_dir: {local_dir} is not a folder; point it at "
+                raise ConfigError(f"data.local_dir: {local_dir} does not exist; point it at "
                                   "the GLUE/SuperGLUE files in their official layouts")
         self.check_method_settings()
         if self.config["data"]["missing"] == "fail":

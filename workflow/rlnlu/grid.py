@@ -73,8 +73,10 @@ class Grid:
             if not local_dir:
                 raise ConfigError("data.local_dir must name a folder when data.source is local")
             if not Path(local_dir).is_dir():
-                raise ConfigError(f"data.local_dir: {local_dir} does not exist; point it at "
-                                  "the GLUE/SuperGLUE files in their official layouts")
+                raise ConfigError(
+                    f"data.local_dir: {local_dir} does not exist; point it at a folder with "
+                    "the GLUE/SuperGLUE files in their official layouts, or set "
+                    "data.source: hub (data.missing: no_data only covers tasks absent there)")
         self.check_method_settings()
         if self.config["data"]["missing"] == "fail":
             for cell in self.cells():

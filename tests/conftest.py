@@ -101,3 +101,25 @@ def yes_or_not():
     from rlnlu.answers import RewardScheme
 
     return RewardScheme(correct=1.0, wrong=-1.0, invalid=-1.0)
+
+
+@pytest.fixture(scope="session")
+def random_lora_model(tiny_model_dir):
+    """Returns a function making a LoRA-wrapped tiny model whose B matrices are random, so
+    the adapter changes the model as a trained one would (fresh adapters are zero)."""
+    def make():
+        import torch
+        from peft import get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        from rlnlu.models import lora_config
+
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                               lora_config(r=4, bias="none"))
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(0, 0.5)
+        return model
+    return make

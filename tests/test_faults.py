@@ -504,24 +504,12 @@ def test_a_garbled_checkpoint_manifest_is_a_damaged_checkpoint_not_a_crash(tmp_p
 
 
 @pytest.fixture(scope="module")
-def sealed_adapter(tiny_model_dir, tmp_path_factory) -> Path:
+def sealed_adapter(random_lora_model, tmp_path_factory) -> Path:
     """A LoRA adapter saved as the training rules save theirs (sealed)."""
-    import torch
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from rlnlu.models import lora_config
     from rlnlu.training import save_adapter
 
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           lora_config(r=4, bias="none"))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)
     folder = tmp_path_factory.mktemp("adapters") / "sft"
-    save_adapter(model, folder)
+    save_adapter(random_lora_model(), folder)
     return folder
 
 

@@ -261,21 +261,14 @@ def test_reference_policy_is_the_base_model(tiny_model_dir, biased_model_dir, rt
     assert torch.equal(logprobs_of(model), policy_logprobs)  # trained biases are back
 
 
-def test_seed_adapter_is_merged_into_the_reference(tiny_model_dir, rte_rows, tmp_path):
-    from peft import get_peft_model
+def test_seed_adapter_is_merged_into_the_reference(tiny_model_dir, rte_rows, tmp_path,
+                                                    random_lora_model):
     from transformers import AutoModelForCausalLM
 
-    from rlnlu.models import load_model, lora_config
+    from rlnlu.models import load_model
 
     seed_adapter = tmp_path / "sft"
-    torch.manual_seed(0)
-    sft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                         lora_config(r=4, bias="none"))
-    with torch.no_grad():
-        for name, parameter in sft.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.5)  # a trained-looking adapter (fresh ones are zero)
-    sft.save_pretrained(seed_adapter)
+    random_lora_model().save_pretrained(seed_adapter)  # a trained-looking SFT adapter
 
     settings = PPOSettings.from_config({"device": "cpu"})
     model, _ = ppo.build_policy(tiny_model_dir, settings, seed_adapter=str(seed_adapter))

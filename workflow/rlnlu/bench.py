@@ -857,8 +857,7 @@ def _child_ppo_trl(spec: dict) -> dict:
     import torch
     import trl
     from datasets import Dataset
-    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification,
-                              TrainerCallback)
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if trl.__version__ != TRL_BASELINE_VERSION:
         raise RuntimeError(f"expected trl {TRL_BASELINE_VERSION} first on sys.path, "
@@ -898,15 +897,6 @@ def _child_ppo_trl(spec: dict) -> dict:
     on_cpu = device == "cpu"
     marks: list[float] = []
 
-    class Timer(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            _sync(device)
-            marks.append(_now())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            _sync(device)
-            marks.append(_now())
-
     with tempfile.TemporaryDirectory(prefix="bench-trl-ppo-") as tmp:
         config = PPOConfig(
             output_dir=tmp, report_to="none", save_strategy="no", logging_steps=1,
@@ -920,7 +910,7 @@ def _child_ppo_trl(spec: dict) -> dict:
                              ref_model=None, reward_model=reward_model, train_dataset=dataset,
                              value_model=value, eval_dataset=dataset,
                              peft_config=LoraSettings(**spec["lora"]).lora(),
-                             callbacks=[Timer()])
+                             callbacks=[step_timer(device, marks)])
         trainer.train()
         scores = [entry.get("objective/scores") for entry in trainer.state.log_history
                   if "objective/scores" in entry]
@@ -1045,12 +1035,29 @@ def bench_ppo(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
     return result
 
 
+def step_timer(device: str, marks: list[float]):
+    """A Trainer callback appending a synchronised timestamp at the start and after each
+    step, so both trainers' steps are timed the same way."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            _sync(device)
+            marks.append(_now())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            _sync(device)
+            marks.append(_now())
+
+    return StepTimer()
+
+
 # ====================================================================== SFT
 
 def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict:
     import torch
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
 
     from .models import load_tokenizer, resolve_dtype
     from .sft import SFTSettings, build_trainer
@@ -1064,18 +1071,9 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
     marks: list[float] = []
     batches: list[dict] = []
 
-    class Timer(TrainerCallback):
-        def on_train_begin(self, args_, state, control, **kwargs):
-            _sync(device)
-            marks.append(_now())
-
-        def on_step_end(self, args_, state, control, **kwargs):
-            _sync(device)
-            marks.append(_now())
-
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
         trainer = build_trainer(args.model, rows, tmp, settings)
-        trainer.add_callback(Timer())
+        trainer.add_callback(step_timer(device, marks))
         original_step = trainer.training_step
 
         def training_step(model, inputs, *rest, **kwargs):

@@ -8,7 +8,7 @@ import numpy as np
 
 from .files import atomic_path, read_json
 from .tables import REFERENCE_FILE
-from .tasks import get_task
+from .tasks import get_task, tasks_of
 
 
 def plot_scores(benchmark: str, metric_files: list[str], out_png: str) -> None:
@@ -26,7 +26,7 @@ def plot_scores(benchmark: str, metric_files: list[str], out_png: str) -> None:
         if cell["benchmark"] == benchmark and cell["status"] == "ok":
             scores[(cell["model"], cell["method"])].setdefault(cell["task"], []).append(cell)
     tasks = sorted({t for by_task in scores.values() for t in by_task},
-                   key=lambda name: [t.name for t in _ordered(benchmark)].index(name))
+                   key=[t.name for t in tasks_of(benchmark)].index)
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(tasks) + 2), 4.2))
     width = 0.8 / max(1, len(scores))
     for i, (key, by_task) in enumerate(sorted(scores.items())):
@@ -54,9 +54,3 @@ def plot_scores(benchmark: str, metric_files: list[str], out_png: str) -> None:
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-
-
-def _ordered(benchmark):
-    from .tasks import tasks_of
-
-    return tasks_of(benchmark)

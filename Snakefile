@@ -9,8 +9,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# `--configfile more.yaml` merges more settings over these defaults.
-configfile: "config.yaml"
+# The defaults beside this Snakefile, wherever the working directory (--directory) is;
+# `--configfile more.yaml` merges more settings over them.
+configfile: f"{workflow.basedir}/config.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -283,7 +283,7 @@ def pausing_bin(tmp_path_factory) -> Path:
 
 
 def snakemake_command(workdir: Path, config: Path | None, *args: str) -> list[str]:
-    configs = ["--configfile", str(ROOT / "config.yaml"), str(config)] if config else []
+    configs = ["--configfile", str(config)] if config else []
     return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
             str(workdir), "--cores", "1", *configs, *args]
 

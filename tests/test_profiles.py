@@ -38,8 +38,7 @@ def snakemake(workdir: Path, *args: str, env: dict | None = None, timeout: float
 
 
 def paper_config() -> list[str]:
-    # Outside the repository the default config.yaml is named first, the paper's over it.
-    return ["--configfile", str(ROOT / "config.yaml"), str(ROOT / "configs" / "paper.yaml")]
+    return ["--configfile", str(ROOT / "configs" / "paper.yaml")]
 
 
 def job_resources(plan: str) -> dict[str, list[dict[str, str]]]:

@@ -19,9 +19,7 @@ needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    # Outside the repository the default config.yaml must be named, before the overrides.
-    args = [a for arg in args for a in
-            (["--configfile", str(ROOT / "config.yaml")] if arg == "--configfile" else [arg])]
+    # The working directory is a scratch folder: the defaults come from beside the Snakefile.
     command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
                "--directory", str(workdir), *args]
     result = subprocess.run(command, env=env, capture_output=True, text=True)

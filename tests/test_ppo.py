@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlnlu import ppo
+from rlnlu import checkpoints, ppo
 from rlnlu.answers import CLOSE_TAG
 from rlnlu.models import load_tokenizer
 from rlnlu.ppo import (AdaptiveKLController, FixedKLController, PPOSettings, compute_gae,
@@ -369,3 +370,22 @@ def test_killed_and_resumed_run_equals_uninterrupted(learnable_model_dir, rte_ro
     assert resumed_tensors.keys() == straight_tensors.keys()
     assert all(torch.equal(resumed_tensors[k], straight_tensors[k]) for k in straight_tensors)
     assert (killed / "curve.csv").read_text() == (straight / "curve.csv").read_text()
+
+
+def test_rerun_with_changed_settings_does_not_resume_the_old_runs_checkpoints(
+        learnable_model_dir, rte_rows, yes_or_not, tmp_path, caplog):
+    """Snakemake reruns a cell whose settings changed; the old run's checkpoints are still
+    in its work folder and must not be resumed."""
+    rows = rte_rows(12)
+    first = PPOSettings.from_config(RESUME_CONFIG)
+    ppo.train_ppo(learnable_model_dir, rows, RTE, tmp_path / "adapter", tmp_path / "work", first,
+                  tmp_path / "curve.csv", reward_scheme=yes_or_not, log=lambda message: None)
+    assert checkpoints.latest_valid(tmp_path / "work") is not None
+
+    changed = PPOSettings.from_config({**RESUME_CONFIG, "learning_rate": first.learning_rate / 2})
+    with caplog.at_level(logging.WARNING, logger="rlnlu.training"):
+        rerun = ppo.train_ppo(learnable_model_dir, rows, RTE, tmp_path / "adapter2",
+                              tmp_path / "work", changed, tmp_path / "curve2.csv",
+                              reward_scheme=yes_or_not, log=lambda message: None)
+    assert rerun["resumed_from_step"] is None
+    assert "other settings or inputs" in caplog.text

@@ -220,6 +220,23 @@ def test_damaged_latest_checkpoint_is_skipped_for_an_earlier_one(
     assert checkpoints.problem_with(tmp_path / "work" / "checkpoint-6") is None
 
 
+def test_changed_settings_train_from_the_start_not_from_the_old_runs_checkpoints(
+        tiny_model_dir, reference_run, tmp_path, caplog):
+    """Snakemake reruns a cell whose settings changed; the old run's checkpoints are still
+    in its work folder (the last one even marks training as finished) and must not be used."""
+    reference, _ = reference_run
+    shutil.copytree(reference / "work", tmp_path / "work")
+    changed = settings(learning_rate=5e-4)
+    with caplog.at_level(logging.WARNING):
+        summary = train_sft(tiny_model_dir, ROWS, tmp_path / "adapter", tmp_path / "work",
+                            changed, tmp_path / "curve.csv")
+    assert "other settings or inputs" in caplog.text
+    assert summary["resumed_from_step"] is None and summary["steps"] == 6
+    train_sft(tiny_model_dir, ROWS, tmp_path / "fresh", tmp_path / "fresh_work", changed,
+              tmp_path / "fresh.csv")
+    assert_same_tensors(adapter_tensors(tmp_path / "adapter"), adapter_tensors(tmp_path / "fresh"))
+
+
 def task_rows(task: str, n: int) -> list[dict]:
     return [{"task": task, "idx": i} for i in range(n)]
 

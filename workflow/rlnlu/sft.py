@@ -21,8 +21,9 @@ from pathlib import Path
 from .files import exclusive_lock
 from .models import load_tokenizer, resolve_device, resolve_dtype
 from .training import (LoraSettings, check_trainer_settings, common_trainer_args,
-                       curve_from_log_history, plot_curves, sealing_callback,
-                       settings_from_config, train_and_save_adapter, write_curve_csv)
+                       curve_from_log_history, plot_curves, run_fingerprint,
+                       sealing_callback, settings_from_config, train_and_save_adapter,
+                       write_curve_csv)
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,9 @@ def train_sft(model_location: str, rows: list[dict], adapter_dir, work_dir,
     rows = _subsample(rows, settings.max_examples, random.Random(settings.seed))
     with exclusive_lock(work_dir, "training job"):  # before loading: a second job fails fast
         trainer = build_trainer(model_location, rows, work_dir, settings)
-        resumed_from_step = train_and_save_adapter(trainer, work_dir, adapter_dir, log)
+        fingerprint = run_fingerprint(model=model_location, rows=rows, settings=asdict(settings))
+        resumed_from_step = train_and_save_adapter(trainer, work_dir, adapter_dir, fingerprint,
+                                                   log)
 
     curve = curve_from_log_history(trainer.state.log_history, CURVE_SOURCES, logged_with="loss")
     write_curve_csv(curve, curve_csv, CURVE_COLUMNS)

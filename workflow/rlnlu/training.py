@@ -8,6 +8,8 @@ sealed one. PPO runs its own loop and seals its own checkpoints (`ppo.save_check
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import math
 import shutil
@@ -15,7 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import checkpoints
-from .files import atomic_dir, atomic_path, exclusive_lock
+from .files import atomic_dir, atomic_path, exclusive_lock, read_json, write_json
 from .models import lora_config
 
 log = logging.getLogger(__name__)
@@ -108,10 +110,45 @@ def sealing_callback():
     return SealCheckpoints()
 
 
-def resume_point(work_dir: Path) -> Path | None:
-    """The newest sound checkpoint. Damaged ones after it are removed: training rewrites them,
+RUN_FILE = "run.json"
+
+
+def run_fingerprint(**inputs) -> str:
+    """A digest of everything that decides what a training run produces (settings, training
+    rows, model, seed adapter, reward): checkpoints are only resumed by the same run."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def adapter_fingerprint(folder) -> str | None:
+    """The seed adapter's identity for `run_fingerprint`: its sealed checksums."""
+    if folder is None:
+        return None
+    manifest = Path(folder) / checkpoints.MANIFEST
+    return manifest.read_text() if manifest.is_file() else str(folder)
+
+
+def resume_point(work_dir: Path, fingerprint: str) -> Path | None:
+    """The newest sound checkpoint of this very run (`fingerprint`), or None.
+
+    Checkpoints of another run (settings, data, model or seed adapter changed since, which
+    is why Snakemake reruns the job) are removed: resuming from them would silently mix two
+    runs. Damaged ones after the newest sound one are removed too: training rewrites them,
     and left in place they would count as the newest in the Trainer's checkpoint rotation,
     which could then delete the sound one while the next is still unsealed."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    run_file = work_dir / RUN_FILE
+    try:
+        same_run = read_json(run_file).get("fingerprint") == fingerprint
+    except (OSError, ValueError, AttributeError):  # no run file, or an unreadable one
+        same_run = False
+    if not same_run:
+        stale = checkpoints.checkpoints_newest_first(work_dir)
+        if stale:
+            log.warning("%s holds checkpoints of a run with other settings or inputs; "
+                        "removing them and training from the start", work_dir)
+        for folder in stale:
+            shutil.rmtree(folder)
+        write_json(run_file, {"fingerprint": fingerprint})
     found = checkpoints.latest_valid(work_dir)  # logs a warning for each damaged checkpoint
     for folder in checkpoints.checkpoints_newest_first(work_dir):
         if folder == found:
@@ -121,13 +158,13 @@ def resume_point(work_dir: Path) -> Path | None:
     return found
 
 
-def train_and_save_adapter(trainer, work_dir, adapter_dir,
+def train_and_save_adapter(trainer, work_dir, adapter_dir, fingerprint: str,
                            method_log: logging.Logger) -> int | None:
-    """Train from the newest sealed checkpoint in `work_dir` (or from the start), then save
-    the adapter as a PEFT folder in `adapter_dir`. Returns the step resumed from, or None.
-    Where it starts is logged to `method_log`, the calling method's logger."""
+    """Train from the newest sealed checkpoint of this run (`fingerprint`) in `work_dir`, or
+    from the start, then save the adapter as a PEFT folder in `adapter_dir`. Returns the
+    step resumed from, or None. Where it starts is logged to `method_log`."""
     with exclusive_lock(work_dir, "training job"):  # one job per work folder
-        resume_from = resume_point(Path(work_dir))
+        resume_from = resume_point(Path(work_dir), fingerprint)
         if resume_from is None:
             method_log.info("no sealed checkpoint in %s; training from the start", work_dir)
         else:

@@ -809,7 +809,7 @@ def test_input_text_holding_the_close_tag_or_a_label_word_does_not_leak_into_the
         assert hostile["premise"] not in prediction["generation"]
         assert prediction["prediction"] == parse_answer(RTE, prediction["generation"]).label
     settings = ppo.PPOSettings.from_config({"device": "cpu"})
-    _, _, _, texts = ppo.rollout(model, tokenizer, [row["prompt"] for row in rows], 6, settings)
+    texts = ppo.rollout(model, tokenizer, [row["prompt"] for row in rows], 6, settings).texts
     assert all(hostile["premise"] not in text and "Premise" not in text for text in texts)
 
 

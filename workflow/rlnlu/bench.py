@@ -766,7 +766,7 @@ def _child_ppo_project(spec: dict) -> dict:
         _sync(spec["device"])
         marks.append(("start", _now()))
         out = original_rollout(*a, **k)
-        response_tokens.append(out[2].sum(dim=1).mean().item())
+        response_tokens.append(out.mask.sum(dim=1).mean().item())
         return out
 
     def ppo_update(*a, **k):

@@ -6,10 +6,12 @@ the same label-alignment reward the evaluation uses (`answers.reward`); only the
 one step after another, in the manner of the classic single-file implementations
 (Ziegler et al. 2019; the TRL PPOTrainer the paper's code used):
 
-  1. rollout     sample `prompts_per_step` prompts and generate a response to each
+  1. rollout     sample `prompts_per_step` prompts and generate a response to each; the
+                 sampling pass also gives the policy's log-probabilities of the sampled
+                 tokens and the values of the states before them
   2. reward      parse each finished answer and score it against the gold label
-  3. evaluate    log-probabilities of the response tokens under the policy and under the
-                 reference policy (same weights, PPO adapter disabled), and state values
+  3. evaluate    log-probabilities of the response tokens under the reference policy (same
+                 weights, PPO adapter disabled)
   4. shape       per-token rewards: −β·KL on every token, the task reward on the last one
   5. GAE         advantages and returns over the response tokens
   6. optimise    `ppo_epochs` passes over shuffled mini-batches: clipped surrogate policy
@@ -229,6 +231,23 @@ def trainable_biases(model) -> dict[str, torch.Tensor]:
             if p.requires_grad and name.endswith(".bias") and "lora_" not in name}
 
 
+def causal_lm_of(model):
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def action_statistics(logits, actions, temperature: float, value_head=None, hidden=None):
+    """Per action: its log-probability under softmax(logits / temperature), the entropy of
+    that distribution and, given the hidden states before each action, the state value."""
+    all_logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logprobs = all_logprobs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():  # entropy is only logged
+        entropy = -(all_logprobs.exp() * all_logprobs).sum(-1)
+    values = value_head(hidden.float()).squeeze(-1) if value_head is not None else None
+    return logprobs, entropy, values
+
+
 def evaluate_actions(model, input_ids, attention_mask, response_length: int,
                      temperature: float = 1.0, value_head: nn.Module | None = None):
     """For each response token (action): its log-probability, the entropy of the distribution
@@ -236,22 +255,15 @@ def evaluate_actions(model, input_ids, attention_mask, response_length: int,
 
     Only the hidden states at the positions predicting response tokens reach the lm_head, so
     no full-vocabulary logits over the prompt are ever made."""
-    from peft import PeftModel
-
-    causal_lm = model.get_base_model() if isinstance(model, PeftModel) else model
+    causal_lm = causal_lm_of(model)
     # The positions generate() used for left-padded prompts.
     position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
     hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                      position_ids=position_ids).last_hidden_state
     hidden = hidden[:, -response_length - 1:-1]  # position t predicts token t + 1
-    logits = causal_lm.get_output_embeddings()(hidden).float() / temperature
-    all_logprobs = torch.log_softmax(logits, dim=-1)
-    actions = input_ids[:, -response_length:].unsqueeze(-1)
-    logprobs = all_logprobs.gather(-1, actions).squeeze(-1)
-    with torch.no_grad():  # entropy is only logged
-        entropy = -(all_logprobs.exp() * all_logprobs).sum(-1)
-    values = value_head(hidden.float()).squeeze(-1) if value_head is not None else None
-    return logprobs, entropy, values
+    logits = causal_lm.get_output_embeddings()(hidden)
+    return action_statistics(logits, input_ids[:, -response_length:], temperature, value_head,
+                             hidden)
 
 
 # ---------------------------------------------------------------- rollout
@@ -263,23 +275,52 @@ def stop_token_ids(model, tokenizer) -> set[int]:
     return {i for i in ids | {tokenizer.eos_token_id} if i is not None}
 
 
-def rollout(model, tokenizer, prompts: list[str], response_length: int, settings: PPOSettings):
-    """Sample one response per prompt. Returns the prompt+response token ids, their attention
-    mask, the response mask and the response texts (what the answer parser reads)."""
+@dataclass
+class Rollout:
+    """One step's sampled responses. Tensors over response tokens are (batch, length);
+    `logprobs`, `entropy` and `values` are the policy's own, read off the sampling pass."""
+    input_ids: torch.Tensor  # prompt + response
+    attention_mask: torch.Tensor
+    mask: torch.Tensor  # 1 on the tokens the model answered with
+    texts: list[str]  # what the answer parser reads
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    values: torch.Tensor | None
+
+
+def rollout(model, tokenizer, prompts: list[str], response_length: int, settings: PPOSettings,
+            value_head: nn.Module | None = None) -> Rollout:
+    """Sample one response per prompt. The log-probabilities of the sampled tokens and the
+    values of the states before them come from the sampling pass itself (its logits, and the
+    decoder's last hidden state caught by a hook), so no second forward pass is needed."""
     device = next(model.parameters()).device
     batch = tokenizer(prompts, return_tensors="pt", padding=True,
                       add_special_tokens=needs_special_tokens(tokenizer, prompts[0])).to(device)
     stop_ids = stop_token_ids(model, tokenizer)
     stopping = ({"stop_strings": [CLOSE_TAG], "tokenizer": tokenizer}
                 if settings.stop_at_close_tag else {})
-    # Actions must come from the policy's own distribution: override any penalties the
-    # model's generation_config carries.
-    sequences = model.generate(
-        **batch, do_sample=True, temperature=settings.temperature, top_k=settings.top_k,
-        top_p=settings.top_p, max_new_tokens=response_length, repetition_penalty=1.0,
-        no_repeat_ngram_size=0, min_length=0, eos_token_id=sorted(stop_ids),
-        pad_token_id=tokenizer.pad_token_id, **stopping)
-    responses = sequences[:, batch["input_ids"].size(1):]
+    causal_lm = causal_lm_of(model)
+    states = []  # per forward pass: the hidden state at the position predicting the next token
+    hook = causal_lm.get_decoder().register_forward_hook(
+        lambda module, args, output: states.append(output[0][:, -1]))
+    try:
+        # Actions must come from the policy's own distribution: override any penalties the
+        # model's generation_config carries.
+        out = model.generate(
+            **batch, do_sample=True, temperature=settings.temperature, top_k=settings.top_k,
+            top_p=settings.top_p, max_new_tokens=response_length, repetition_penalty=1.0,
+            no_repeat_ngram_size=0, min_length=0, eos_token_id=sorted(stop_ids),
+            pad_token_id=tokenizer.pad_token_id, output_logits=True,
+            return_dict_in_generate=True, **stopping)
+    finally:
+        hook.remove()
+    responses = out.sequences[:, batch["input_ids"].size(1):]
+    if len(states) != responses.size(1):
+        raise RuntimeError(f"generate() ran {len(states)} forward passes for "
+                           f"{responses.size(1)} new tokens; the rollout cannot read its values")
+    logprobs, entropy, values = action_statistics(
+        torch.stack(out.logits, dim=1), responses, settings.temperature, value_head,
+        torch.stack(states, dim=1))
     mask = torch.zeros(responses.shape, dtype=torch.float32, device=device)
     texts = []
     for i, ids in enumerate(responses.tolist()):
@@ -288,7 +329,7 @@ def rollout(model, tokenizer, prompts: list[str], response_length: int, settings
         # decoded as evaluation decodes, so reward and metric read the same text
         texts.append(tokenizer.decode(ids[:end], skip_special_tokens=True))
     attention_mask = torch.cat([batch["attention_mask"], torch.ones_like(responses)], dim=1)
-    return sequences, attention_mask, mask, texts
+    return Rollout(out.sequences, attention_mask, mask, texts, logprobs, entropy, values)
 
 
 def answer_end(tokenizer, ids: list[int], stop_ids: set[int], stop_at_close_tag: bool) -> int:
@@ -449,22 +490,21 @@ def _train_ppo(model_location, rows, task, adapter_dir, work_dir, settings, curv
         sample = rng.sample(rows, min(settings.prompts_per_step, len(rows)))
         length = rng.randint(settings.response_length_min, settings.response_length_max)
         with torch.no_grad():
-            input_ids, attention_mask, mask, texts = rollout(
-                model, tokenizer, [row["prompt"] for row in sample], length, settings)
+            sampled = rollout(model, tokenizer, [row["prompt"] for row in sample], length,
+                              settings, value_head)
+        input_ids, attention_mask, mask = sampled.input_ids, sampled.attention_mask, sampled.mask
+        logprobs, values = sampled.logprobs, sampled.values  # π_old and V, from the rollout
         response_length = mask.size(1)
 
         # 2. reward: the finished answers, scored against the gold labels
         tasks = [task_of(row, task) for row in sample]
-        parsed = [answers.parse_answer(t, text) for t, text in zip(tasks, texts)]
+        parsed = [answers.parse_answer(t, text) for t, text in zip(tasks, sampled.texts)]
         score = torch.tensor([answers.reward(t, answer, row["label"], scheme)
                               for t, answer, row in zip(tasks, parsed, sample)],
                              dtype=torch.float32, device=mask.device)
 
-        # 3. evaluate: old policy, reference policy (adapter off) and values, no gradient
+        # 3. evaluate: the reference policy (adapter off) on the sampled actions, no gradient
         with torch.no_grad():
-            logprobs, entropy, values = evaluate_actions(
-                model, input_ids, attention_mask, response_length, settings.temperature,
-                value_head)
             with reference_policy(model, initial_biases):
                 ref_logprobs, _, _ = evaluate_actions(
                     model, input_ids, attention_mask, response_length, settings.temperature)
@@ -495,7 +535,7 @@ def _train_ppo(model_location, rows, task, adapter_dir, work_dir, settings, curv
             "step": step + 1, "reward": score.mean().item(),
             "accuracy": float(np.mean(correct)) if correct else float("nan"),
             "invalid_rate": float(np.mean([not a.valid for a in parsed])),
-            "kl": kl, "kl_coef": kl_coef, "entropy": masked_mean(entropy, mask).item(),
+            "kl": kl, "kl_coef": kl_coef, "entropy": masked_mean(sampled.entropy, mask).item(),
             **update, "response_length": mask.sum(dim=1).mean().item()})
         progress.set_postfix(reward=f"{curve[-1]['reward']:.3f}", kl=f"{kl:.3f}")
         if settings.save_steps and (step + 1) % settings.save_steps == 0:

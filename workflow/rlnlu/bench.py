@@ -173,15 +173,15 @@ def generation_flops(shape: ModelShape, prompt_lens, new_tokens: int, lora_param
 
 def ppo_step_flops(shape: ModelShape, prompt_lens, response_len: int, ppo_epochs: int = 1,
                    lora_params: int = 0) -> dict:
-    """The work of one PPO step, defined once for both implementations: sample `response_len`
-    tokens per prompt; one forward of the policy (log-probs and values) and one of the
-    reference (no adapter) over prompt + response, with the lm_head at response positions;
-    `ppo_epochs` LoRA training passes over the same. Value heads (hidden → 1) are negligible."""
+    """The work one PPO step needs, defined once for both implementations: sample
+    `response_len` tokens per prompt (the sampling pass also yields the policy's log-probs
+    and values); one forward of the reference (no adapter) over prompt + response, with the
+    lm_head at response positions; `ppo_epochs` LoRA training passes over the same. Value
+    heads (hidden → 1) are negligible. A separate policy forward pass is not needed work."""
     seqs = [p + response_len for p in prompt_lens]
     positions = len(prompt_lens) * response_len
     parts = {
         "rollout": generation_flops(shape, prompt_lens, response_len, lora_params),
-        "policy_forward": forward_flops(shape, seqs, positions, lora_params),
         "reference_forward": forward_flops(shape, seqs, positions),
         "update": ppo_epochs * train_flops(shape, seqs, positions, lora_params),
     }

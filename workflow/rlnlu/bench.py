@@ -440,17 +440,18 @@ def _eval_cost(shape, gpu, settings, n, prompt_tokens) -> tuple[float, float]:
     return prefill, _decode_seconds(shape, gpu, settings["eval_batch_size"], batches * (settings["max_new_tokens"] - 1))
 
 
-def _rl_cost(shape, gpu, prompt_tokens, prompts, response, epochs, lora, reference=True,
-             recompute=False) -> tuple[float, float]:
-    """(FLOPs, decode seconds) of one RL step: prefill, decode, policy/reference forwards,
-    `epochs` training passes."""
+def _rl_cost(shape, gpu, prompt_tokens, prompts, response, epochs, lora, recompute=False,
+             policy_forward=True) -> tuple[float, float]:
+    """(FLOPs, decode seconds) of one RL step: prefill, decode, the policy forward (unless
+    the sampling pass gives its log-probs, as in rlnlu.ppo), the reference forward, `epochs`
+    training passes."""
     seqs = [prompt_tokens + response] * prompts
     positions = prompts * response
     flops = prompts * (2 * (shape.block_params + lora) * prompt_tokens
                        + shape.attention_flops(prompt_tokens, prompt_tokens))
-    flops += forward_flops(shape, seqs, positions, lora)  # old policy + values
-    if reference:
-        flops += forward_flops(shape, seqs, positions)
+    if policy_forward:  # old policy + values
+        flops += forward_flops(shape, seqs, positions, lora)
+    flops += forward_flops(shape, seqs, positions)  # the reference
     flops += epochs * train_flops(shape, seqs, positions, lora, recompute=recompute)
     return flops, _decode_seconds(shape, gpu, prompts, response - 1)
 
@@ -504,11 +505,11 @@ def project_paper_scale(settings: dict | None = None, gpu: GpuSpec | None = None
             multi += sft_rows(mixed)
         methods["sft_multi"] = (multi + methods["zero_shot"][0], methods["zero_shot"][1])
 
-        def rl(groups, steps, prompts, response, epochs, reference=True, recompute=False):
+        def rl(groups, steps, prompts, response, epochs, recompute=False, policy_forward=True):
             flops = seconds = 0.0
             for prompt_tokens in groups:
                 f, s = _rl_cost(shape, gpu, prompt_tokens, prompts, response, epochs, lora,
-                                reference, recompute)
+                                recompute, policy_forward)
                 flops, seconds = flops + steps * f, seconds + steps * s
             return flops + methods["zero_shot"][0], seconds + methods["zero_shot"][1]
 
@@ -518,9 +519,11 @@ def project_paper_scale(settings: dict | None = None, gpu: GpuSpec | None = None
             group = [zero for (b, _), (_, _, zero) in owners.items() if b == benchmark]
             per_benchmark.append(round(sum(group) / len(group)))
         methods["ppo"] = rl(single, settings["ppo_steps"], settings["ppo_prompts"],
-                            settings["ppo_response"], settings["ppo_epochs"])
+                            settings["ppo_response"], settings["ppo_epochs"],
+                            policy_forward=False)
         methods["ppo_multi"] = rl(per_benchmark, settings["ppo_steps"], settings["ppo_prompts"],
-                                  settings["ppo_response"], settings["ppo_epochs"])
+                                  settings["ppo_response"], settings["ppo_epochs"],
+                                  policy_forward=False)
         methods["grpo"] = rl(single, settings["grpo_steps"],
                              settings["grpo_prompts"] * settings["grpo_generations"],
                              settings["grpo_response"], 1,

@@ -1239,7 +1239,7 @@ def parse_args(argv=None):
                              "default 256, --quick 8")
     parser.add_argument("--ppo-prompts", type=int, default=None, help="default 8, --quick 2")
     parser.add_argument("--ppo-tokens", type=int, default=None, help="default 16, --quick 4")
-    parser.add_argument("--ppo-steps", type=int, default=None, help="measured steps, default 1")
+    parser.add_argument("--ppo-steps", type=int, default=None, help="measured steps, default 3")
     parser.add_argument("--ppo-warmup", type=int, default=None, help="default 1, --quick 0")
     parser.add_argument("--sft-batch", type=int, default=None, help="default 8, --quick 2")
     parser.add_argument("--sft-steps", type=int, default=None, help="measured, default 4, --quick 1")
@@ -1250,7 +1250,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     defaults = {  # name: (full, quick)
         "eval_examples": (256, 8), "ppo_prompts": (8, 2), "ppo_tokens": (16, 4),
-        "ppo_steps": (1, 1), "ppo_warmup": (1, 0), "sft_batch": (8, 2), "sft_steps": (4, 1),
+        "ppo_steps": (3, 1), "ppo_warmup": (1, 0), "sft_batch": (8, 2), "sft_steps": (4, 1),
         "sft_warmup": (1, 1)}
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:

@@ -18,6 +18,7 @@ import sys
 import time
 import unicodedata
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -161,17 +162,36 @@ def ppo_argv(model: str, train: Path, out: Path) -> list[str]:
             "--curve-csv", str(out / "curve.csv")]
 
 
-def test_sft_job_killed_at_seeded_points_resumes_to_the_uninterrupted_adapter(
-        tiny_model_dir, tmp_path, caplog):
+def straight_run(model: str, tmp_path: Path, argv_of) -> tuple[Callable, Path, Path]:
+    """Training rows and one uninterrupted run in `straight/`, the yardstick. Returns the
+    command line for a run writing into a given folder, and the straight and killed folders."""
     train = tmp_path / "train.jsonl"
     files.write_jsonl(train, training_rows(8))
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert cli.main(sft_argv(tiny_model_dir, train, straight)) == 0
+    assert cli.main(argv_of(model, train, straight)) == 0
+    return (lambda out: argv_of(model, train, out)), straight, killed
+
+
+def assert_last_rerun_equals_straight(argv: list[str], killed: Path, straight: Path, caplog,
+                                      resume_step: int) -> None:
+    """The final rerun resumes at `resume_step` and ends with the uninterrupted run's
+    adapter, bit for bit, and its curve; the adapter is sealed too."""
+    caplog.set_level("INFO")
+    assert cli.main(argv) == 0
+    assert resumed_at(caplog.text) == resume_step
+    assert_same_adapter(killed / "adapter", straight / "adapter")
+    assert (killed / "curve.csv").read_text() == (straight / "curve.csv").read_text()
+    assert checkpoints.problem_with(killed / "adapter") is None
+
+
+def test_sft_job_killed_at_seeded_points_resumes_to_the_uninterrupted_adapter(
+        tiny_model_dir, tmp_path, caplog):
+    argv, straight, killed = straight_run(tiny_model_dir, tmp_path, sft_argv)
 
     points = kill_points(first=(1, 2), last_step=SFT_SETTINGS["max_steps"])
     for number, (point, resume_step) in enumerate(zip(points, expected_resume_steps(points))):
         log_path = tmp_path / f"killed-{number}.log"
-        run_until_killed(sft_argv(tiny_model_dir, train, killed), point, log_path)
+        run_until_killed(argv(killed), point, log_path)
         if number:
             assert resumed_at(log_path.read_text()) == expected_resume_steps(points)[number - 1]
         assert not (killed / "adapter").exists()
@@ -180,20 +200,13 @@ def test_sft_job_killed_at_seeded_points_resumes_to_the_uninterrupted_adapter(
         if point[0] == "writing":
             assert checkpoints.problem_with(killed / "work" / f"checkpoint-{point[1]}")
 
-    caplog.set_level("INFO")
-    assert cli.main(sft_argv(tiny_model_dir, train, killed)) == 0
-    assert resumed_at(caplog.text) == expected_resume_steps(points)[-1]
-    assert_same_adapter(killed / "adapter", straight / "adapter")
-    assert (killed / "curve.csv").read_text() == (straight / "curve.csv").read_text()
-    assert checkpoints.problem_with(killed / "adapter") is None  # the adapter is sealed too
+    assert_last_rerun_equals_straight(argv(killed), killed, straight, caplog,
+                                      expected_resume_steps(points)[-1])
 
 
 def test_ppo_job_killed_at_seeded_points_and_a_damaged_checkpoint_resume_to_the_same_adapter(
         tiny_model_dir, tmp_path, caplog):
-    train = tmp_path / "train.jsonl"
-    files.write_jsonl(train, training_rows(8))
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert cli.main(ppo_argv(tiny_model_dir, train, straight)) == 0
+    argv, straight, killed = straight_run(tiny_model_dir, tmp_path, ppo_argv)
 
     points = kill_points(first=(2, 3), last_step=PPO_SETTINGS["steps"])
     # After the first kill the newest checkpoint is garbled on disk: the rerun names the
@@ -202,7 +215,7 @@ def test_ppo_job_killed_at_seeded_points_and_a_damaged_checkpoint_resume_to_the_
     resumes_from = [points[0][1] - 1] + expected_resume_steps(points)[1:]
     for number, point in enumerate(points):
         log_path = tmp_path / f"killed-{number}.log"
-        run_until_killed(ppo_argv(tiny_model_dir, train, killed), point, log_path)
+        run_until_killed(argv(killed), point, log_path)
         log_text = log_path.read_text()
         if number:
             assert resumed_at(log_text) == resumes_from[number - 1]
@@ -216,12 +229,7 @@ def test_ppo_job_killed_at_seeded_points_and_a_damaged_checkpoint_resume_to_the_
             data = garbled.read_bytes()
             garbled.write_bytes(data[:100] + bytes(len(data) - 100))
 
-    caplog.set_level("INFO")
-    assert cli.main(ppo_argv(tiny_model_dir, train, killed)) == 0
-    assert resumed_at(caplog.text) == resumes_from[-1]
-    assert_same_adapter(killed / "adapter", straight / "adapter")
-    assert (killed / "curve.csv").read_text() == (straight / "curve.csv").read_text()
-    assert checkpoints.problem_with(killed / "adapter") is None
+    assert_last_rerun_equals_straight(argv(killed), killed, straight, caplog, resumes_from[-1])
 
 
 # ---------------------------------------------------------------- through Snakemake
@@ -232,6 +240,7 @@ def test_ppo_job_killed_at_seeded_points_and_a_damaged_checkpoint_resume_to_the_
 PAUSING_PYTHON = r"""
 import json, os, runpy, sys, time
 from pathlib import Path
+from typing import Callable
 
 args = sys.argv[1:]
 if args[:2] != ["-m", "rlnlu"]:
@@ -845,6 +854,7 @@ def test_second_workflow_on_the_same_folder_is_refused_by_the_lock(tmp_path, tin
 CONCURRENT_WRITER = r"""
 import json, sys, time
 from pathlib import Path
+from typing import Callable
 from rlnlu import files
 target, name, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 for round in range(rounds):
@@ -860,6 +870,7 @@ for round in range(rounds):
 CONCURRENT_READER = r"""
 import json, os, sys, time
 from pathlib import Path
+from typing import Callable
 from rlnlu import files
 target, until = Path(sys.argv[1]), time.monotonic() + float(sys.argv[2])
 expected = ["config.json"] + [f"part{i}.bin" for i in range(5)]

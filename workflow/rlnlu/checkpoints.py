@@ -42,6 +42,13 @@ def seal(folder: str | Path) -> None:
                {str(p.relative_to(folder)): _sha256(p) for p in _files(folder)})
 
 
+def identity(folder: str | Path) -> str:
+    """What a folder is, for telling runs apart: its sealed checksum table, or (unsealed)
+    its path."""
+    manifest = Path(folder) / MANIFEST
+    return manifest.read_text() if manifest.is_file() else str(folder)
+
+
 def problem_with(folder: str | Path) -> str | None:
     """Why a checkpoint folder cannot be trusted, or None if it is sound."""
     folder = Path(folder)

@@ -47,7 +47,7 @@ from .answers import RewardScheme
 from .generation import needs_special_tokens
 from .models import load_model, load_tokenizer, resolve_device, resolve_dtype
 from .tasks import Task
-from .training import (LoraSettings, adapter_fingerprint, check_trainer_settings, common_trainer_args,
+from .training import (LoraSettings, check_trainer_settings, common_trainer_args,
                        curve_from_log_history, plot_curves, run_fingerprint,
                        sealing_callback, settings_from_config, train_and_save_adapter,
                        write_curve_csv)
@@ -249,10 +249,8 @@ def train_grpo(model_location: str, rows: list[dict], task: Task, adapter_dir, w
     started = time.monotonic()
     trainer = build_trainer(model_location, rows, task, work_dir, settings, seed_adapter,
                             reward_scheme)
-    fingerprint = run_fingerprint(
-        model=model_location, rows=rows, task=task.key, settings=asdict(settings),
-        seed_adapter=adapter_fingerprint(seed_adapter),
-        reward=asdict(reward_scheme or RewardScheme()))
+    fingerprint = run_fingerprint(model_location, rows, settings, task.key, seed_adapter,
+                                  reward_scheme or RewardScheme())
     resumed_from_step = train_and_save_adapter(trainer, work_dir, adapter_dir, fingerprint, log)
 
     # A value the trainer did not log (kl when beta is 0, accuracy for STS-B) is left empty.

@@ -42,8 +42,8 @@ from .files import exclusive_lock
 from .generation import needs_special_tokens
 from .models import load_tokenizer, resolve_device, resolve_dtype
 from .tasks import Task, get_task
-from .training import (LoraSettings, adapter_fingerprint, plot_curves, resume_point,
-                       run_fingerprint, save_adapter, settings_from_config, write_curve_csv)
+from .training import (LoraSettings, plot_curves, resume_point, run_fingerprint, save_adapter,
+                       settings_from_config, write_curve_csv)
 
 logger = logging.getLogger(__name__)
 CURVE_COLUMNS = ("step", "reward", "accuracy", "invalid_rate", "kl", "kl_coef", "entropy",
@@ -473,10 +473,8 @@ def _train_ppo(model_location, rows, task, adapter_dir, work_dir, settings, curv
     # Damaged checkpoints newer than the sound one are removed: left in place they would
     # count among the newest two that save_checkpoint keeps, and push sound ones out.
     # So are those of another run: only this run's settings and inputs may resume.
-    fingerprint = run_fingerprint(
-        model=model_location, rows=rows, task=task.key if task else None,
-        settings=asdict(settings), seed_adapter=adapter_fingerprint(seed_adapter),
-        reward=asdict(scheme))
+    fingerprint = run_fingerprint(model_location, rows, settings, task.key if task else None,
+                                  seed_adapter, scheme)
     checkpoint = resume_point(Path(work_dir), fingerprint)
     if checkpoint is not None:
         start = checkpoints.step_of(checkpoint)

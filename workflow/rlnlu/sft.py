@@ -155,9 +155,8 @@ def train_sft(model_location: str, rows: list[dict], adapter_dir, work_dir,
     rows = _subsample(rows, settings.max_examples, random.Random(settings.seed))
     with exclusive_lock(work_dir, "training job"):  # before loading: a second job fails fast
         trainer = build_trainer(model_location, rows, work_dir, settings)
-        fingerprint = run_fingerprint(model=model_location, rows=rows, settings=asdict(settings))
-        resumed_from_step = train_and_save_adapter(trainer, work_dir, adapter_dir, fingerprint,
-                                                   log)
+        resumed_from_step = train_and_save_adapter(
+            trainer, work_dir, adapter_dir, run_fingerprint(model_location, rows, settings), log)
 
     curve = curve_from_log_history(trainer.state.log_history, CURVE_SOURCES, logged_with="loss")
     write_curve_csv(curve, curve_csv, CURVE_COLUMNS)

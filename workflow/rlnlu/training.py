@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from . import checkpoints
@@ -113,18 +113,16 @@ def sealing_callback():
 RUN_FILE = "run.json"
 
 
-def run_fingerprint(**inputs) -> str:
-    """A digest of everything that decides what a training run produces (settings, training
-    rows, model, seed adapter, reward): checkpoints are only resumed by the same run."""
+def run_fingerprint(model_location: str, rows: list[dict], settings, task: str | None = None,
+                    seed_adapter=None, reward=None) -> str:
+    """A digest of everything that decides what a training run produces: the model, the
+    training rows, the settings (a dataclass), and for RL the task, the seed adapter (by its
+    sealed checksums) and the reward scheme (a dataclass). Checkpoints are only resumed by
+    the same run."""
+    inputs = {"model": model_location, "rows": rows, "settings": asdict(settings),
+              "task": task, "reward": asdict(reward) if reward is not None else None,
+              "seed_adapter": checkpoints.identity(seed_adapter) if seed_adapter else None}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def adapter_fingerprint(folder) -> str | None:
-    """The seed adapter's identity for `run_fingerprint`: its sealed checksums."""
-    if folder is None:
-        return None
-    manifest = Path(folder) / checkpoints.MANIFEST
-    return manifest.read_text() if manifest.is_file() else str(folder)
 
 
 def resume_point(work_dir: Path, fingerprint: str) -> Path | None:

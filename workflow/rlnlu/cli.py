@@ -11,6 +11,7 @@ import sys
 import time
 
 from . import files
+from .protocols import PROTOCOL_NAMES
 from .tasks import get_task
 
 
@@ -34,15 +35,24 @@ def cmd_convert_model(args):
 
 def cmd_render_prompts(args):
     from .models import load_tokenizer
+    from .paper_code import paper_templates
     from .prompts import PromptStyle, render_split
 
     task = _task(args)
     records = files.read_jsonl(args.records)
     train_pool = files.read_jsonl(args.train) if args.train else None
     style = PromptStyle(shots=args.shots, chat_template=args.chat_template,
-                        shot_selection=args.shot_selection, seed=args.seed)
+                        shot_selection=args.shot_selection, seed=args.seed,
+                        paper_templates=paper_templates(args.paper_prompts)
+                        if args.paper_prompts else None)
     tokenizer = load_tokenizer(args.model_location) if args.chat_template else None
     files.write_jsonl(args.out, render_split(task, records, train_pool, style, tokenizer))
+
+
+def cmd_obtain_paper_code(args):
+    from .paper_code import obtain_prompt_file
+
+    obtain_prompt_file(args.out, args.local_copy)
 
 
 def cmd_evaluate(args):
@@ -53,6 +63,7 @@ def cmd_evaluate(args):
 
     from .models import resolve_device
     from .prompts import subsample
+    from .protocols import get_protocol
     from .provenance import run_record
 
     started = time.perf_counter()
@@ -61,7 +72,8 @@ def cmd_evaluate(args):
     rows = subsample(files.read_jsonl(args.prompts), args.max_examples, args.sample_seed)
     tokenizer = load_tokenizer(args.model_location)
     model = load_model(args.model_location, args.dtype, args.device, args.adapter)
-    predictions = predict(task, model, tokenizer, rows, args.batch_size, args.max_new_tokens)
+    predictions = predict(task, model, tokenizer, rows, args.batch_size, args.max_new_tokens,
+                          get_protocol(args.protocol).decoding, args.seed)
     record = run_record(resolve_device(args.device), time.perf_counter() - started)
     logging.info("%d predictions; %s", len(predictions), record)
     files.write_jsonl(args.out, predictions)
@@ -70,6 +82,7 @@ def cmd_evaluate(args):
 
 def cmd_score(args):
     from .evaluation import score
+    from .protocols import get_protocol
 
     task = _task(args)
     cell = {"model": args.model, "benchmark": args.benchmark, "task": args.task,
@@ -85,7 +98,7 @@ def cmd_score(args):
         result = {"status": "no data", "reason": args.no_data}
     else:
         result = score(task, files.read_jsonl(args.predictions), args.invalid_policy, args.seed,
-                       args.bootstrap_resamples)
+                       args.bootstrap_resamples, get_protocol(args.protocol))
         provenance["evaluation_run"] = files.read_json(args.run_record)
     files.write_json(args.out, dict(cell, **result, provenance=provenance))
 
@@ -193,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--shot-selection", choices=["random", "first"], default="random")
     sub.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=True)
     sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--paper-prompts", help="the paper's prompt.py: render with its templates")
+    sub.add_argument("--out", required=True)
+
+    sub = command("obtain-paper-code", cmd_obtain_paper_code)
+    sub.add_argument("--local-copy", help="a local copy of prompt.py (else it is downloaded)")
     sub.add_argument("--out", required=True)
 
     sub = command("evaluate", cmd_evaluate, task=True)
@@ -206,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max-examples", type=int, help="a seeded subsample of the prompts")
     sub.add_argument("--sample-seed", type=int, default=0)
     sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--protocol", choices=PROTOCOL_NAMES, default="suite",
+                     help="its decoding: greedy (suite) or the paper's sampling")
     sub.add_argument("--out", required=True)
     sub.add_argument("--run-record", required=True, help="where to write device, time, memory")
 
@@ -219,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="JSON of exactly the settings that affect this cell (hashed)")
     sub.add_argument("--no-data", help="write a 'no data' cell with this reason")
     sub.add_argument("--invalid-policy", choices=["wrong", "random"], default="wrong")
+    sub.add_argument("--protocol", choices=PROTOCOL_NAMES, default="suite",
+                     help="whose parser gives the headline score (both are reported)")
     sub.add_argument("--bootstrap-resamples", type=int, default=1000)
     sub.add_argument("--out", required=True)
 

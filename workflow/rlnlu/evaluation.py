@@ -1,5 +1,8 @@
-"""Score one cell: generate answers for its prompts, parse them strictly, and compute the
-official metrics with their bootstrap interval and the invalid rate.
+"""Score one cell: generate answers for its prompts, read them with both parsers (the
+suite's strict one and the paper's lenient one with its seeded random fill-in), and compute
+the official metrics with their bootstrap interval under each. The protocol names the parser
+of the cell's headline score; the other's score sits beside it, so the parser effect of a
+cell is known without generating again.
 
 Predictions are checked before they are scored: each row says its position and how many
 rows the file had, and its stored label must be what its generation says. A file cut short
@@ -8,20 +11,24 @@ from __future__ import annotations
 
 import logging
 
+from . import paper_answers
 from .answers import parse_answer
 from .generation import generate_answers
 from .metrics import bootstrap_interval, compute_metrics, task_score
+from .protocols import PROTOCOLS, Decoding, Protocol
 from .tasks import Task
 
 log = logging.getLogger(__name__)
 
 
 def predict(task: Task, model, tokenizer, prompt_rows: list[dict], batch_size: int,
-            max_new_tokens: int) -> list[dict]:
-    """Per-example predictions with the raw generation kept beside the parsed label."""
+            max_new_tokens: int, decoding: Decoding = PROTOCOLS["suite"].decoding,
+            seed: int = 0) -> list[dict]:
+    """Per-example predictions with the raw generation kept beside the strictly parsed
+    label (the paper's parser reads the same generation when the cell is scored)."""
     generations = generate_answers(model, tokenizer, [r["prompt"] for r in prompt_rows],
                                    batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                   desc=f"{task.key}")
+                                   desc=f"{task.key}", decoding=decoding, seed=seed)
     predictions = []
     for position, (row, generation) in enumerate(zip(prompt_rows, generations), start=1):
         answer = parse_answer(task, generation)
@@ -77,21 +84,42 @@ def check_predictions(task: Task, predictions: list[dict]) -> None:
                          f"file was cut short; {remedy}")
 
 
-def score(task: Task, predictions: list[dict], invalid_policy: str = "wrong", seed: int = 0,
-          bootstrap_resamples: int = 1000) -> dict:
-    check_predictions(task, predictions)
-    labels = [p["prediction"] for p in predictions]
+def _parser_result(task: Task, predictions: list[dict], labels: list, invalid_policy: str,
+                   seed: int, bootstrap_resamples: int) -> dict:
     scores = compute_metrics(task, predictions, labels, invalid_policy, seed)
-    result = {
-        "status": "ok",
-        "metrics": scores,
-        "score": task_score(scores),
-        "examples": len(predictions),
-        "invalid_rate": 100.0 * sum(not p["valid"] for p in predictions) / len(predictions),
-        "unclosed_rate": 100.0 * sum(not p["closed"] for p in predictions) / len(predictions),
-    }
+    result = {"metrics": scores, "score": task_score(scores)}
     if bootstrap_resamples:
-        low, high = bootstrap_interval(task, predictions, labels, bootstrap_resamples,
-                                       seed=seed, invalid_policy=invalid_policy)
-        result["score_ci95"] = [low, high]
+        result["score_ci95"] = list(bootstrap_interval(task, predictions, labels,
+                                                       bootstrap_resamples, seed=seed,
+                                                       invalid_policy=invalid_policy))
     return result
+
+
+def score(task: Task, predictions: list[dict], invalid_policy: str = "wrong", seed: int = 0,
+          bootstrap_resamples: int = 1000, protocol: Protocol = PROTOCOLS["suite"]) -> dict:
+    """The cell's metrics under both parsers; the protocol's parser gives the headline.
+    `invalid_rate` counts answers the strict parser rejects, `unread_rate` those the paper's
+    parser could not read and filled at random."""
+    check_predictions(task, predictions)
+    generations = [p["generation"] for p in predictions]
+    unread = sum(paper_answers.parse(task, g) is None for g in generations)
+    parsers = {
+        "strict": dict(_parser_result(task, predictions, [p["prediction"] for p in predictions],
+                                      invalid_policy, seed, bootstrap_resamples),
+                       invalid_rate=100.0 * sum(not p["valid"] for p in predictions)
+                       / len(predictions)),
+        "paper": dict(_parser_result(task, predictions,
+                                     paper_answers.labels_with_fill_in(task, generations, seed),
+                                     invalid_policy, seed, bootstrap_resamples),
+                      unread_rate=100.0 * unread / len(predictions)),
+    }
+    headline = parsers[protocol.parser]
+    return {
+        "status": "ok",
+        "parser": protocol.parser,
+        **{key: headline[key] for key in ("metrics", "score", "score_ci95") if key in headline},
+        "examples": len(predictions),
+        "invalid_rate": parsers["strict"]["invalid_rate"],
+        "unclosed_rate": 100.0 * sum(not p["closed"] for p in predictions) / len(predictions),
+        "parsers": parsers,
+    }

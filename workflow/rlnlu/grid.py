@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .protocols import Protocol, get_protocol
 from .tasks import Task, get_task
 
 METHODS = ("zero_shot", "few_shot", "sft", "sft_multi", "ppo", "ppo_multi", "grpo")
@@ -133,8 +134,14 @@ class Grid:
 
         return model_location(self.config["model_registry"][model], model)
 
+    @property
+    def protocol(self) -> Protocol:
+        return get_protocol(self.config.get("protocol", "suite"))
+
     def chat_template(self, model: str) -> bool:
-        return self.config["model_registry"][model].get("chat_template", True)
+        """The model's chat template wraps its prompts, unless the protocol writes raw text."""
+        return (self.protocol.chat_template
+                and self.config["model_registry"][model].get("chat_template", True))
 
     # ---- fine-tuned cells: which adapters a cell's evaluation stacks on the base ----
     def adapter_dir(self, model: str, benchmark: str, task: str, method: str, seed) -> str:
@@ -200,6 +207,7 @@ class Grid:
         is recorded in the cell's metrics; anything else in the config can change freely."""
         config = self.config
         settings = {
+            "protocol": self.protocol.name,
             "model": config["model_registry"][cell.model],
             "data": {k: config["data"][k] for k in ("source", "local_dir")},
             "evaluation": {k: config["evaluation"][k]

@@ -1,5 +1,7 @@
-"""The paper's prompts: a system part, the task instruction, the input, and the assistant
+"""The suite's prompts: a system part, the task instruction, the input, and the assistant
 turn opened with `<Judgement>`; the model answers a label word and closes `</Judgement>`.
+Under `protocol: paper` rows are rendered with the paper's own templates instead
+(`paper_prompts`); sampling few-shot demonstrations and subsamples is shared.
 
 Input text is inserted by concatenation, never through `str.format`, so braces, quotes or
 a literal `</Judgement>` in the data cannot break rendering.
@@ -9,6 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from . import paper_prompts
 from .answers import CLOSE_TAG, OPEN_TAG
 from .tasks import Task
 
@@ -32,6 +35,7 @@ class PromptStyle:
     chat_template: bool = True  # wrap in the model's own chat template
     shot_selection: str = "random"  # "random" (seeded) or "first" (the paper's first k rows)
     seed: int = 0
+    paper_templates: dict | None = None  # protocol: paper: the templates of its prompt.py
 
 
 def allowed_answers(task: Task) -> str:
@@ -115,7 +119,22 @@ def render_split(task: Task, records: list[dict], train_pool: list[dict] | None,
             shots = choose_shots(train_pool or [], style.shots, style.shot_selection, rng,
                                  exclude_idx=record["idx"] if train_pool is records else None)
         row = {key: record[key] for key in ("idx", "label", "group", "answers", "fields") if key in record}
+        if style.paper_templates:
+            yield dict(row, **_paper_texts(task, record, shots, style.paper_templates))
+            continue
         row["prompt"] = render(task, record, shots, style, tokenizer)
         if record["label"] is not None:
             row["completion"] = completion(task, record["label"])
         yield row
+
+
+def _paper_texts(task: Task, record: dict, shots: list[dict], templates: dict) -> dict:
+    """The paper's evaluation/PPO prompt, and for labelled rows its SFT prompt (worded
+    differently) and target."""
+    fields = record["fields"]
+    texts = {"prompt": (paper_prompts.few_shot_prompt(templates, task, fields, shots) if shots
+                        else paper_prompts.eval_prompt(templates, task, fields))}
+    if record["label"] is not None:
+        texts["sft_prompt"], texts["completion"] = paper_prompts.sft_example(
+            templates, task, fields, record["label"])
+    return texts

@@ -98,7 +98,8 @@ def training_dataset(rows: list[dict]):
         raise ValueError(f"{unlabelled} of {len(rows)} training rows have no completion (no gold label)")
     if not rows:
         raise ValueError("no training rows")
-    return Dataset.from_dict({"prompt": [row["prompt"] for row in rows],
+    # Under the paper's protocol SFT has prompts of its own, worded unlike evaluation's.
+    return Dataset.from_dict({"prompt": [row.get("sft_prompt", row["prompt"]) for row in rows],
                               "completion": [row["completion"] for row in rows]})
 
 

@@ -66,6 +66,18 @@ def few_shot_pool(wildcards):
     return f"resources/data/{wildcards.benchmark}/{train_task.name}/train.jsonl"
 
 
+PAPER_CODE_FILE = "resources/paper_code/prompt.py"
+
+
+def paper_code_input(wildcards):
+    return [PAPER_CODE_FILE] if GRID.protocol.paper_prompts else []
+
+
+def paper_code_option(wildcards):
+    local_copy = config["paper_code"]["prompt_file"]
+    return f"--local-copy {shlex.quote(local_copy)}" if local_copy else ""
+
+
 def prompt_options(wildcards):
     options = [
         (

@@ -25,6 +25,7 @@ rule evaluate:
             f"--adapter {a}" for a in input.adapters
         ),
         sample=sample_options,
+        protocol=config["protocol"],
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu evaluate --benchmark {wildcards.benchmark} "
         "--task {wildcards.task} --prompts {input.prompts} --model-location {params.location} "
@@ -32,6 +33,7 @@ rule evaluate:
         "--dtype {params.inference[dtype]} --device {params.inference[device]} "
         "--batch-size {params.inference[batch_size]} "
         "--max-new-tokens {params.inference[max_new_tokens]} --seed {wildcards.seed} "
+        "--protocol {params.protocol} "
         "{params.sample} --out {output.predictions} --run-record {output.run_record} > {log} 2>&1"
 
 
@@ -48,10 +50,12 @@ rule score:
         options=score_options,
         evaluation=config["evaluation"],
         cell_settings=lambda wildcards: json_arg(GRID.cell_settings(cell_of(wildcards))),
+        protocol=config["protocol"],
     shell:
         "python -m rlnlu score --benchmark {wildcards.benchmark} --task {wildcards.task} "
         "--model {wildcards.model} --method {wildcards.method} --seed {wildcards.seed} "
         "{params.options} --invalid-policy {params.evaluation[invalid_policy]} "
+        "--protocol {params.protocol} "
         "--bootstrap-resamples {params.evaluation[bootstrap_resamples]} "
         "--cell-settings {params.cell_settings} --out {output} > {log} 2>&1"
 
@@ -77,6 +81,7 @@ use rule evaluate as evaluate_test with:
             f"--adapter {a}" for a in input.adapters
         ),
         sample="",
+        protocol=config["protocol"],
 
 
 rule submission:

@@ -170,7 +170,8 @@ def cmd_tables(args):
     from .report import plot_scores
     from .tables import write_tables
 
-    table = write_tables(args.benchmark, args.metrics, args.csv, args.markdown)
+    table = write_tables(args.benchmark, args.metrics, args.csv, args.markdown,
+                         args.parser_csv, args.parser_markdown)
     plot_scores(args.benchmark, args.metrics, args.plot)
     print(table.to_string(index=False))
 
@@ -278,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--csv", required=True)
     sub.add_argument("--markdown", required=True)
     sub.add_argument("--plot", required=True, help="bar chart of the scores (PNG)")
+    sub.add_argument("--parser-csv", help="each cell under the strict and the paper's parser")
+    sub.add_argument("--parser-markdown")
     sub.add_argument("metrics", nargs="*")
     return parser
 

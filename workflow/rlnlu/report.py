@@ -43,8 +43,8 @@ def plot_scores(benchmark: str, metric_files: list[str], out_png: str) -> None:
         ax.bar(x, means, width, yerr=errors, capsize=2, label=" / ".join(key))
     reference = pd.read_csv(REFERENCE_FILE)
     for _, row in reference[reference["benchmark"] == benchmark].iterrows():
-        ax.axhline(row["average"], ls="--", lw=0.8, color="grey")
-        ax.text(len(tasks) - 0.5, row["average"], f" {row['model']} {row['method']} (paper)",
+        ax.axhline(row["average_paper"], ls="--", lw=0.8, color="grey")
+        ax.text(len(tasks) - 0.5, row["average_paper"], f" {row['model']} {row['method']} (paper)",
                 fontsize=6, va="center", ha="left", color="grey")
     ax.set_xticks(np.arange(len(tasks)), [get_task(benchmark, t).title for t in tasks])
     ax.set_ylabel("task score (mean of its metrics), 95% CI")

@@ -1,11 +1,21 @@
 """Aggregate cells into the paper's tables: a row per model x method, a column per task
-metric, the benchmark average, examples scored and invalid rate.
+metric, both benchmark averages, examples scored and invalid rate.
 
-Average rule (as the GLUE and SuperGLUE leaderboards define it): each task contributes
-one score, the mean of its metrics; MNLI's matched and mismatched sets together count as
-one task (their mean); the diagnostics (AX, AX-b, AX-g) are shown but not averaged. A task
-without data is shown as 'no data' and left out; `tasks_in_average` says how many tasks
-the average covers, so partial averages are never mistaken for full ones.
+Two averages, each named for its rule:
+- `average_leaderboard` (as the GLUE and SuperGLUE leaderboards define it): each task
+  contributes one score, the mean of its metrics; MNLI's matched and mismatched sets
+  together count as one task; the diagnostics (AX, AX-b, AX-g) are shown but not averaged.
+  `tasks_in_average_leaderboard` says how many tasks it covers.
+- `average_paper` (GLUE only; the BERT paper's rule, which the paper's reference rows
+  follow): the mean of nine numbers, MNLI-m and MNLI-mm accuracy apart, QQP F1, STS-B
+  Spearman, MRPC F1, CoLA MCC, SST-2, QNLI and RTE accuracy; WNLI and AX left out.
+  `numbers_in_average_paper` says how many of the nine it covers.
+A task without data is shown as 'no data' and left out, so partial averages are never
+mistaken for full ones. The paper's reference rows are GLUE test-server numbers, while
+this suite's cells are scored on the dev splits.
+
+A second table gives the parser effect: each cell's score under the suite's strict parser
+and under the paper's lenient one (with its random fill-in), from the same generations.
 """
 from __future__ import annotations
 
@@ -23,8 +33,33 @@ NO_DATA = "no data"
 REFERENCE_FILE = Path(__file__).resolve().parents[1] / "resources" / "paper_reference.csv"
 
 
+# The paper's (BERT's) GLUE average: (task, metric) of each of its nine numbers.
+PAPER_AVERAGE_NUMBERS = {
+    "glue": (("mnli_m", "accuracy"), ("mnli_mm", "accuracy"), ("qqp", "f1"),
+             ("stsb", "spearman"), ("mrpc", "f1"), ("cola", "mcc"), ("sst2", "accuracy"),
+             ("qnli", "accuracy"), ("rte", "accuracy")),
+}
+
+
 def _average_unit(task_name: str) -> str:
     return "mnli" if task_name.startswith("mnli") else task_name
+
+
+def average_leaderboard(benchmark: str, metrics_by_task: dict[str, dict]) -> tuple:
+    """(average, tasks it covers) by the leaderboard's rule, over the tasks given."""
+    units = defaultdict(list)
+    for task in tasks_of(benchmark):
+        if task.in_average and task.name in metrics_by_task:
+            units[_average_unit(task.name)].append(np.mean(list(metrics_by_task[task.name].values())))
+    scores = [np.mean(s) for s in units.values()]
+    return (round(float(np.mean(scores)), 2) if scores else NO_DATA), len(scores)
+
+
+def average_paper(benchmark: str, metrics_by_task: dict[str, dict]) -> tuple:
+    """(average, numbers it covers) by the paper's rule; no such average for SuperGLUE."""
+    numbers = [metrics_by_task[task][metric] for task, metric in
+               PAPER_AVERAGE_NUMBERS.get(benchmark, ()) if task in metrics_by_task]
+    return (round(float(np.mean(numbers)), 2) if numbers else NO_DATA), len(numbers)
 
 
 def benchmark_table(benchmark: str, cells: list[dict]) -> pd.DataFrame:
@@ -37,7 +72,7 @@ def benchmark_table(benchmark: str, cells: list[dict]) -> pd.DataFrame:
     for (model, method), members in sorted(by_row.items()):
         row = {"model": model, "method": method, "source": "this run",
                "seeds": len({c["seed"] for c in members})}
-        unit_scores = defaultdict(list)
+        metrics_by_task = {}
         examples, invalid_weighted = 0, 0.0
         for task in tasks_of(benchmark):
             task_cells = [c for c in members if c["task"] == task.name]
@@ -50,14 +85,16 @@ def benchmark_table(benchmark: str, cells: list[dict]) -> pd.DataFrame:
                                if finished else NO_DATA)
             if not finished:
                 continue
-            if task.in_average:
-                unit_scores[_average_unit(task.name)].append(
-                    np.mean([c["score"] for c in finished]))
+            metrics_by_task[task.name] = {metric: float(np.mean([c["metrics"][metric]
+                                                                for c in finished]))
+                                          for metric in task.metrics}
             examples += sum(c["examples"] for c in finished) // len(finished)
             invalid_weighted += sum(c["invalid_rate"] * c["examples"] for c in finished) / len(finished)
-        scores = [np.mean(s) for s in unit_scores.values()]
-        row["average"] = round(float(np.mean(scores)), 2) if scores else NO_DATA
-        row["tasks_in_average"] = len(scores)
+        row["average_leaderboard"], row["tasks_in_average_leaderboard"] = average_leaderboard(
+            benchmark, metrics_by_task)
+        if benchmark in PAPER_AVERAGE_NUMBERS:
+            row["average_paper"], row["numbers_in_average_paper"] = average_paper(
+                benchmark, metrics_by_task)
         row["examples"] = examples
         row["invalid_rate"] = round(invalid_weighted / examples, 2) if examples else NO_DATA
         rows.append(row)
@@ -67,12 +104,41 @@ def benchmark_table(benchmark: str, cells: list[dict]) -> pd.DataFrame:
     return pd.concat([table, reference], ignore_index=True)
 
 
-def write_tables(benchmark: str, metric_files: list[str], csv_path: str, md_path: str) -> pd.DataFrame:
+def parser_effect_table(benchmark: str, cells: list[dict]) -> pd.DataFrame:
+    """Per (model, method) and task: the score under the strict and the paper's parser
+    (means over seeds) and their difference, paper minus strict."""
+    by_row: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
+    for cell in cells:
+        if cell["benchmark"] == benchmark and cell["status"] == "ok":
+            by_row[(cell["model"], cell["method"])][cell["task"]].append(cell["parsers"])
+    rows = []
+    for (model, method), by_task in sorted(by_row.items()):
+        row = {"model": model, "method": method}
+        for task in tasks_of(benchmark):
+            if task.name not in by_task:
+                continue
+            strict, paper = (float(np.mean([p[name]["score"] for p in by_task[task.name]]))
+                             for name in ("strict", "paper"))
+            row[f"{task.name}_strict"] = round(strict, 2)
+            row[f"{task.name}_paper"] = round(paper, 2)
+            row[f"{task.name}_effect"] = round(paper - strict, 2)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _write(table: pd.DataFrame, csv_path, md_path) -> None:
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
+    write_text(md_path, table.astype(object).fillna("").to_markdown(index=False) + "\n")
+
+
+def write_tables(benchmark: str, metric_files: list[str], csv_path: str, md_path: str,
+                 parser_csv: str | None = None, parser_md: str | None = None) -> pd.DataFrame:
     cells = [read_json(path) for path in metric_files]
     for cell in cells:
         get_task(cell["benchmark"], cell["task"])  # a stray file from a renamed task fails loudly
     table = benchmark_table(benchmark, cells)
-    with atomic_path(csv_path) as tmp:
-        table.to_csv(tmp, index=False)
-    write_text(md_path, table.astype(object).fillna("").to_markdown(index=False) + "\n")
+    _write(table, csv_path, md_path)
+    if parser_csv:
+        _write(parser_effect_table(benchmark, cells), parser_csv, parser_md)
     return table

@@ -12,9 +12,16 @@ rule tables:
             "results/tables/{benchmark}.csv",
             caption="../report/table.rst",
             category="Tables",
-            labels={"benchmark": "{benchmark}"},
+            labels={"benchmark": "{benchmark}", "table": "scores"},
         ),
         markdown="results/tables/{benchmark}.md",
+        parser_csv=report(
+            "results/tables/{benchmark}_parser_effect.csv",
+            caption="../report/parser_effect.rst",
+            category="Tables",
+            labels={"benchmark": "{benchmark}", "table": "parser effect"},
+        ),
+        parser_markdown="results/tables/{benchmark}_parser_effect.md",
         plot=report(
             "results/plots/{benchmark}_scores.png",
             caption="../report/scores.rst",
@@ -27,4 +34,5 @@ rule tables:
         "../../envs/conda.yaml"
     shell:
         "python -m rlnlu tables --benchmark {wildcards.benchmark} --csv {output.csv} "
-        "--markdown {output.markdown} --plot {output.plot} {input} > {log} 2>&1"
+        "--markdown {output.markdown} --plot {output.plot} --parser-csv {output.parser_csv} "
+        "--parser-markdown {output.parser_markdown} {input} > {log} 2>&1"

@@ -264,3 +264,13 @@ def test_mix_tasks_proportional_and_capped():
     assert len({row["idx"] for row in capped if row["task"] == "sst2"}) == 5  # drawn without replacement
     with pytest.raises(ValueError, match="mixing rule"):
         mix_tasks(rows_by_task, "temperature", seed=0, cap_per_task=None)
+
+
+def test_mix_tasks_repeat_is_the_papers_whole_copies_up_to_lines_per_task():
+    """The paper's sft.py: a task under `lines_per_file` rows is repeated whole
+    ceil(lines / rows) times; a larger one is kept as it is."""
+    rows_by_task = {"rte": task_rows("rte", 3), "sst2": task_rows("sst2", 12)}
+    mixed = mix_tasks(rows_by_task, "repeat", seed=0, lines_per_task=10)
+    counts = Counter((row["task"], row["idx"]) for row in mixed)
+    assert {idx: counts[("rte", idx)] for idx in range(3)} == {0: 4, 1: 4, 2: 4}  # ceil(10/3)
+    assert all(counts[("sst2", idx)] == 1 for idx in range(12))

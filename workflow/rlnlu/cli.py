@@ -105,14 +105,13 @@ def cmd_score(args):
 
 def _training_rows(rows_by_task: dict[str, list[dict]], settings: dict, seed: int) -> list[dict]:
     """One task's rows as they are; several tasks mixed by the multi-task rule (which the
-    settings carry as `mixing` and `cap_per_task`, removed here)."""
-    mixing = {key: settings.pop(key) for key in ("mixing", "cap_per_task") if key in settings}
+    settings carry as `sft.MIXING_KEYS`, removed here)."""
+    from .sft import MIXING_KEYS, mix_tasks
+
+    mixing = {key: settings.pop(key) for key in MIXING_KEYS if key in settings}
     if len(rows_by_task) == 1:
         return next(iter(rows_by_task.values()))
-    from .sft import mix_tasks
-
-    return mix_tasks(rows_by_task, mixing.get("mixing", "upsample"), seed,
-                     mixing.get("cap_per_task"))
+    return mix_tasks(rows_by_task, mixing.pop("mixing", "upsample"), seed, **mixing)
 
 
 def cmd_train_sft(args):

@@ -90,7 +90,7 @@ class Grid:
         parse time, naming it, instead of in a job an hour later."""
         from .grpo import GRPOSettings
         from .ppo import PPOSettings
-        from .sft import SFTSettings
+        from .sft import MIXING_KEYS, SFTSettings
 
         builders = {"sft": SFTSettings, "sft_multi": SFTSettings, "ppo": PPOSettings,
                     "ppo_multi": PPOSettings, "grpo": GRPOSettings}
@@ -99,7 +99,7 @@ class Grid:
                 continue
             settings = (self.sft_settings(method) if method.startswith("sft")
                         else self.rl_settings(method))
-            settings = {k: v for k, v in settings.items() if k not in ("mixing", "cap_per_task")}
+            settings = {k: v for k, v in settings.items() if k not in MIXING_KEYS}
             try:
                 builders[method].from_config(settings)
             except (TypeError, ValueError) as err:

@@ -13,6 +13,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -43,6 +44,8 @@ class SFTSettings(LoraSettings):  # lora_* fields: the paper's LoRA
     max_steps: int = -1  # a cap on optimizer steps; -1 trains for `epochs`
     max_examples: int | None = None  # a seeded subsample of the training rows
     max_length: int = 1024  # tokens per prompt+completion; longer ones are cut from the end
+    packing: bool = False  # pack examples into max_length windows (the paper's 1024-token packing)
+    lr_scheduler: str = "linear"  # "constant": the paper's effective schedule (see docs)
     seed: int = 0
     # Checkpoints and logging.
     save_steps: int = 100
@@ -60,16 +63,23 @@ class SFTSettings(LoraSettings):  # lora_* fields: the paper's LoRA
         return settings_from_config(cls, config, "sft")
 
 
+# The multi-task settings: how tasks are mixed, not how the trainer trains.
+MIXING_KEYS = ("mixing", "cap_per_task", "lines_per_task")
+MIXING_RULES = ("upsample", "proportional", "repeat")
+
+
 def mix_tasks(rows_by_task: dict[str, list[dict]], rule: str, seed: int,
-              cap_per_task: int | None = None) -> list[dict]:
+              cap_per_task: int | None = None, lines_per_task: int = 30000) -> list[dict]:
     """Training rows for one multi-task adapter, shuffled with `seed`.
 
     `cap_per_task` first takes a seeded subsample of each larger task. Then "upsample" draws
-    every smaller task with replacement up to the size of the largest (as the paper's code
-    does, so small tasks are not drowned out); "proportional" keeps each task as it is.
+    every smaller task with replacement up to the size of the largest, so small tasks are not
+    drowned out; "repeat" is the paper's released rule (its sft.py, `lines_per_file`): a task
+    with fewer than `lines_per_task` rows is repeated whole, ceil(lines_per_task / rows)
+    times; "proportional" keeps each task as it is.
     """
-    if rule not in ("upsample", "proportional"):
-        raise ValueError(f"mixing rule must be 'upsample' or 'proportional', not {rule!r}")
+    if rule not in MIXING_RULES:
+        raise ValueError(f"mixing rule must be one of {', '.join(MIXING_RULES)}, not {rule!r}")
     rng = random.Random(seed)
     capped = {task: _subsample(rows, cap_per_task, rng) for task, rows in sorted(rows_by_task.items())}
     target = max((len(rows) for rows in capped.values()), default=0)
@@ -77,6 +87,8 @@ def mix_tasks(rows_by_task: dict[str, list[dict]], rule: str, seed: int,
     for rows in capped.values():
         if rule == "upsample" and rows:
             rows = rows + rng.choices(rows, k=target - len(rows))
+        elif rule == "repeat" and rows and len(rows) < lines_per_task:
+            rows = rows * math.ceil(lines_per_task / len(rows))
         mixed.extend(rows)
     rng.shuffle(mixed)
     return mixed
@@ -114,6 +126,8 @@ def trainer_config(settings: SFTSettings, work_dir: Path, device: str, dtype):
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps,
         max_length=settings.max_length,
+        packing=settings.packing,
+        lr_scheduler_type=settings.lr_scheduler,
         logging_steps=settings.logging_steps,
     )
 

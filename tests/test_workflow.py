@@ -63,7 +63,7 @@ def test_smoke_workflow_builds_both_tables(tmp_path, tiny_model_dir):
     assert ours.loc["zero_shot", "qnli_acc"] != "no data"
     assert ours.loc["sft", "qnli_acc"] == "no data"
     assert (ours["examples"].astype(int) > 0).all()
-    assert {"paper (GLUE test server)"} <= set(glue["source"])
+    assert any(source.startswith("paper (GLUE test server") for source in glue["source"])
     assert (tmp_path / "results/tables/glue.md").read_text().count("|") > 20
 
     cell = json.loads((tmp_path / "results/metrics/tiny/glue/rte/sft/seed0.json").read_text())
@@ -146,9 +146,56 @@ def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path, tiny_model_dir,
     assert named in result.stdout + result.stderr
 
 
+PAPER_PROMPT_FILE = ROOT.parent / "shared" / "paper-code" / "RL4GLUE-2ad8bc5" / "prompt.py"
+
+
+@needs_data
+@pytest.mark.skipif(not PAPER_PROMPT_FILE.is_file(), reason="../shared/paper-code is not present")
+def test_paper_protocol_runs_end_to_end_and_is_one_switch(tmp_path, tiny_model_dir):
+    """Under protocol: paper the cells are prompted, decoded and scored the paper's way, and
+    every cell carries both parsers' scores; switching back reruns exactly what changes."""
+    config = smoke_config(tmp_path, tiny_model_dir, protocol="paper",
+                          paper_code={"prompt_file": str(PAPER_PROMPT_FILE)},
+                          tasks={"glue": ["rte", "stsb"], "superglue": ["copa"]})
+    snakemake(tmp_path, "--cores", "2", "--configfile", str(config), "--",
+              "results/tables/glue.csv", "results/tables/superglue.csv")
+
+    prompts = [json.loads(line) for line in
+               (tmp_path / "results/prompts/tiny/glue/rte/few_shot/validation.jsonl").open()]
+    assert prompts[0]["prompt"].startswith("System_prompt:\n")
+    assert "\nHere are some examples:\n[ Prompt:\n" in prompts[0]["prompt"]
+    train = json.loads(next((tmp_path / "results/prompts/tiny/superglue/copa/zero_shot/"
+                                         "train.jsonl").open()))
+    assert train["completion"] in ("0</Judgement>", "1</Judgement>")  # the paper's digits
+    assert train["sft_prompt"] != train["prompt"]
+
+    cell = json.loads((tmp_path / "results/metrics/tiny/glue/rte/sft/seed0.json").read_text())
+    assert cell["parser"] == "paper" and cell["provenance"]["settings"]["protocol"] == "paper"
+    assert cell["score"] == cell["parsers"]["paper"]["score"]
+    assert {"strict", "paper"} == set(cell["parsers"])
+    assert 0 <= cell["parsers"]["paper"]["unread_rate"] <= 100
+    # sampled decoding of 24 to 31 tokens, not stopped at </Judgement>
+    predictions = [json.loads(line) for line in
+                   (tmp_path / "results/predictions/tiny/glue/rte/zero_shot/seed0.jsonl").open()]
+    assert any(len(p["generation"]) > 40 for p in predictions)
+    effect = pd.read_csv(tmp_path / "results/tables/glue_parser_effect.csv").set_index("method")
+    assert {"rte_strict", "rte_paper", "rte_effect"} <= set(effect.columns)
+    glue = pd.read_csv(tmp_path / "results/tables/glue.csv")
+    assert {"average_paper", "average_leaderboard"} <= set(glue.columns)
+
+    # One switch back: every prompt and cell is redone under the suite's protocol.
+    suite = smoke_config(tmp_path, tiny_model_dir, protocol="suite",
+                         paper_code={"prompt_file": str(PAPER_PROMPT_FILE)},
+                         tasks={"glue": ["rte", "stsb"], "superglue": ["copa"]})
+    plan = snakemake(tmp_path, "-n", "--configfile", str(suite)).stdout
+    assert "results/prompts/tiny/glue/rte/zero_shot/validation.jsonl" in plan
+    assert "results/metrics/tiny/glue/rte/zero_shot/seed0.json" in plan
+
+
 def test_paper_grid_plans_in_a_dry_run(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "configs" / "paper.yaml"))
     paper = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    assert paper["protocol"] == "paper" and "obtain_paper_code" in result.stdout
     cells = (len(paper["models"]) * sum(map(len, paper["tasks"].values()))
              * len(paper["methods"]) * len(paper["seeds"]))
     counts = dict(line.split() for line in result.stdout.splitlines()

@@ -168,46 +168,114 @@ def test_sft_text_is_the_papers_with_its_targets(key, templates):
     assert row["prompt"] != row["sft_prompt"]  # SFT's wording is not evaluation's
 
 
+# Tasks whose train files are not here: hand-written records, with the fields and label
+# text the paper's sft.py would give them.
+HANDWRITTEN = {
+    "glue/qqp": ({"question1": "Why x?", "question2": "How?"}, "duplicate",
+                 "qqp", {"sentence1": "Why x?", "sentence2": "How?"}, "Yes", "Yes"),
+    "glue/mnli_m": ({"premise": "It rained.", "hypothesis": "It was dry."}, "contradiction",
+                    "mnli", {"sentence1": "It rained.", "sentence2": "It was dry."},
+                    "Contradiction", "Contradiction"),
+    "glue/qnli": ({"question": "Who?", "sentence": "Ann did."}, "not_entailment",
+                  "qnli", {"question": "Who?", "sentence": "Ann did."}, "No", "No"),
+    "superglue/boolq": ({"passage": "Cats purr.", "question": "do cats purr"}, "true",
+                        "boolq", {"passage": "Cats purr.", "question": "do cats purr"}, 1, "Yes"),
+    "superglue/record": ({"passage": "Bob met Ann.\n@highlight\nMeet", "query": "@placeholder met Ann",
+                          "entity": "Bob"}, "true",
+                         "record", {"text": "Bob met Ann.", "query": "Bob met Ann"}, "Yes", "Yes"),
+}
+
+
+@pytest.mark.parametrize("key", sorted(HANDWRITTEN))
+def test_sft_text_of_tasks_without_files_here(key, templates):
+    fields, label, template_key, paper_fields, sft_label, _ = HANDWRITTEN[key]
+    task = get_task(*key.split("/"))
+    style = PromptStyle(paper_templates=templates)
+    row = next(render_split(task, [{"idx": 0, "label": label, "fields": fields}], None, style))
+    assert row["sft_prompt"] + row["completion"] == templates["sft"][template_key].format(
+        **paper_fields, label=sft_label)
+
+
+def paper_few_shot(template: str, demonstrations: list[tuple[dict, str]], query: dict) -> str:
+    """The paper's construct_fewshot_sample and its final format, step by step: cut the
+    template before "Prompt:", format each demonstration's user part, then format the whole
+    block with the question's fields."""
+    system = re.search(r"^.*?(?=Prompt:)", template, re.DOTALL).group(0)
+    user = re.search(r"Prompt:.*", template, re.DOTALL).group(0)
+    shots = "".join("[ " + user.format(**fields) + f" {label} </Judgement>" + " ]\n"
+                    for fields, label in demonstrations)
+    return (system + "\nHere are some examples:\n" + shots + "\n" + user).format(**query)
+
+
+@pytest.mark.parametrize("key", sorted(HANDWRITTEN))
+def test_few_shot_block_of_tasks_without_files_here(key, templates):
+    fields, label, template_key, paper_fields, _, shot_label = HANDWRITTEN[key]
+    task = get_task(*key.split("/"))
+    pool = [{"idx": i, "label": label, "fields": fields} for i in range(5)]
+    style = PromptStyle(shots=5, shot_selection="first", paper_templates=templates)
+    row = next(render_split(task, [{"idx": 99, "label": None, "fields": fields}], pool, style))
+    assert row["prompt"] == paper_few_shot(templates["eval"][template_key],
+                                           [(paper_fields, shot_label)] * 5, paper_fields)
+
+
+def test_braces_in_demonstrations_are_kept_where_the_papers_code_would_fail(templates):
+    """The paper formats its few-shot block twice, so a brace in a demonstration raises
+    there; the suite formats each part once and keeps the text."""
+    task = get_task("glue", "rte")
+    hostile = {"premise": "Set {x} and {0}.", "hypothesis": "A set."}
+    pool = [{"idx": 0, "label": "entailment", "fields": hostile}]
+    style = PromptStyle(shots=1, shot_selection="first", paper_templates=templates)
+    row = next(render_split(task, [{"idx": 9, "label": None, "fields": hostile}], pool, style))
+    assert row["prompt"].count('"Set {x} and {0}."') == 2
+    with pytest.raises((KeyError, IndexError)):
+        paper_few_shot(templates["eval"]["rte"], [({"sentence1": hostile["premise"],
+                                                    "sentence2": "A set."}, "Yes")],
+                       {"sentence1": "a", "sentence2": "b"})
+
+
 def test_sst2_negative_target_keeps_the_papers_defect(templates):
     negative = next(r for r in paper_rows("glue/sst2", "train") if r["label"] == "negative")
     assert negative["completion"] == "No</Judgement>"
 
 
-# The paper's few-shot block (utils.py construct_fewshot_sample; fewshot.py takes the
-# first five train rows): fields and demonstration label per raw train row.
+# Few-shot demonstrations from the first five train rows (fewshot.py load_part_*): their
+# label text per raw row, where it differs from the SFT target.
 FEW_SHOT_LABELS = {
-    "glue/sst2": lambda r: "Positive" if int(r[1]) == 1 else "No",
-    "glue/rte": lambda r: "Yes" if r[3] == "entailment" else "No",
-    "glue/stsb": lambda r: float(r[-1]),
     "superglue/copa": lambda o: "Option One" if int(o["label"]) == 0 else "Option Two",
     "superglue/cb": lambda o: o["label"],
     "superglue/wic": lambda o: "Same" if o["label"] else "Different",
     "superglue/wsc": lambda o: "Yes" if o["label"] else "No",
-}
-FEW_SHOT_FIELDS = {
-    "glue/sst2": SFT_CASES["glue/sst2"], "glue/rte": SFT_CASES["glue/rte"],
-    "glue/stsb": SFT_CASES["glue/stsb"], "superglue/copa": SFT_CASES["superglue/copa"],
-    "superglue/cb": SFT_CASES["superglue/cb"], "superglue/wic": SFT_CASES["superglue/wic"],
-    "superglue/wsc": SFT_CASES["superglue/wsc"],
+    "superglue/multirc": lambda answer: "True" if answer["label"] == 1 else "False",
 }
 
 
-@pytest.mark.parametrize("key", sorted(FEW_SHOT_LABELS))
+def multirc_train_options(count: int) -> list[tuple[dict, dict]]:
+    """(fields, answer) of the first answer options of the first passages, in file order."""
+    options = []
+    for passage in raw_rows("superglue/MultiRC/train.jsonl"):
+        for question in passage["passage"]["questions"]:
+            for answer in question["answers"]:
+                options.append(({"passage": passage["passage"]["text"],
+                                  "question": question["question"], "answer": answer["text"]},
+                                 answer))
+                if len(options) == count:
+                    return options
+    return options
+
+
+@pytest.mark.parametrize("key", sorted(SFT_CASES))
 def test_few_shot_block_is_the_papers(key, templates):
     task = get_task(*key.split("/"))
-    train_file, _, read = FEW_SHOT_FIELDS[key]
-    template_key = EVAL_CASES[key][1]
-    template = templates["eval"][template_key]
-    # The paper's construction, step by step: cut the template before "Prompt:", format each
-    # demonstration's user part, then format the whole block with the question's fields.
-    system = re.search(r"^.*?(?=Prompt:)", template, re.DOTALL).group(0)
-    user = re.search(r"Prompt:.*", template, re.DOTALL).group(0)
-    shots = ""
-    for row in raw_rows(train_file)[:5]:
-        shots += "[ " + user.format(**read(row)[0]) + f" {FEW_SHOT_LABELS[key](row)} </Judgement>" + " ]\n"
-    block = system + "\nHere are some examples:\n" + shots + "\n" + user
-    query_row = raw_rows(EVAL_CASES[key][0])[0]
-    expected = block.format(**EVAL_CASES[key][2](query_row))
+    train_file, _, read = SFT_CASES[key]
+    if key == "superglue/multirc":
+        demonstrations = [(fields, FEW_SHOT_LABELS[key](answer))
+                          for fields, answer in multirc_train_options(5)]
+    else:
+        label = FEW_SHOT_LABELS.get(key, lambda row: read(row)[1])
+        demonstrations = [(read(row)[0], label(row)) for row in raw_rows(train_file)[:5]]
+    relative, template_key, query_fields = EVAL_CASES[key]
+    expected = paper_few_shot(templates["eval"][template_key], demonstrations,
+                              query_fields(raw_rows(relative)[0]))
 
     style = PromptStyle(shots=5, shot_selection="first", paper_templates=templates)
     records = load_split(task, task.eval_split, "local", DATA)[:1]

@@ -2,7 +2,8 @@
 # The benchmark command (not part of the test run): measures this machine, writes
 # results/bench/*.json and results/bench/README.md. See docs/benchmarks.md.
 #
-#   bash scripts/bench.sh                     # the full benchmark (about 15-30 min on 2 CPU cores)
+#   bash scripts/bench.sh                     # the full benchmark (about 15-30 min on 2 CPU cores),
+#                                             # then the PPO oracle (scripts/ppo_oracle.sh)
 #   bash scripts/bench.sh --quick             # tiny sizes: a smoke check of every measurement
 #   bash scripts/bench.sh --device cuda       # on a GPU (bf16 by default there)
 #   bash scripts/bench.sh --projection        # print the paper-scale GPU-hour projection only
@@ -21,4 +22,7 @@ fi
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="$PWD/workflow${PYTHONPATH:+:$PYTHONPATH}"
-exec python -m rlnlu.bench "$@"
+python -m rlnlu.bench "$@"
+if [[ $# -eq 0 ]]; then  # the full benchmark also checks PPO against TRL 0.11.4 (the paper's)
+    bash scripts/ppo_oracle.sh
+fi

@@ -1,5 +1,7 @@
-"""PPO: the math against hand-computed values, the reference policy, response-only
-log-probabilities, learning a simple reward, and kill-and-resume determinism."""
+"""PPO: the math and the update loop against hand-computed values, the reference policy,
+response-only log-probabilities, exactness at step 0 (dropout off, bf16), fp32 trainable
+parameters, passes over the train split, learning a simple reward (with and without the
+paper's KL penalty), multi-task runs, the paper's settings, and kill-and-resume determinism."""
 from __future__ import annotations
 
 import csv
@@ -14,18 +16,23 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
-from rlnlu import checkpoints, ppo
-from rlnlu.answers import CLOSE_TAG
+from rlnlu import answers, checkpoints, cli, files, ppo
+from rlnlu.answers import CLOSE_TAG, RewardScheme
 from rlnlu.models import load_tokenizer
 from rlnlu.ppo import (AdaptiveKLController, FixedKLController, PPOSettings, compute_gae,
-                       masked_whiten, per_token_rewards, policy_loss, value_loss)
+                       explained_variance, masked_whiten, per_token_rewards, policy_loss,
+                       value_loss)
 from rlnlu.tasks import get_task
 
-WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = ROOT / "workflow"
 RTE = get_task("glue", "rte")  # label "entailment" is answered "Yes"
+SST2 = get_task("glue", "sst2")  # label "positive" is answered "Positive"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -48,6 +55,34 @@ def test_settings_from_config_flat_lora_nested_kl_and_unknown_keys():
         PPOSettings.from_config({"kl": {"targett": 1}})
     with pytest.raises(ValueError, match="optimizer"):
         PPOSettings.from_config({"optimizer": "sgd"})
+    with pytest.raises(ValueError, match="exactly one budget"):
+        PPOSettings.from_config({"passes": 3})  # steps keeps its default
+    with pytest.raises(ValueError, match="exactly one budget"):
+        PPOSettings.from_config({"steps": None})
+    with pytest.raises(ValueError, match="score_norm needs"):
+        PPOSettings.from_config({"score_norm": True})
+    settings = PPOSettings.from_config({"steps": None, "passes": 3, "gradient_accumulation": 2,
+                                        "max_grad_norm": None, "ratio_threshold": None})
+    assert (settings.gradient_accumulation, settings.max_grad_norm, settings.ratio_threshold) \
+        == (2, None, None)
+
+
+# ---------------------------------------------------------------- the budget
+
+def test_passes_shuffle_the_rows_without_replacement_and_set_the_steps():
+    # 10 rows, 4 prompts per step: a pass is 3 steps of 4, 4 and 2 prompts (the paper's loader).
+    settings = PPOSettings.from_config({"steps": None, "passes": 2, "prompts_per_step": 4})
+    assert settings.total_steps(10) == 6
+    assert PPOSettings.from_config({"steps": None, "passes": 0.5, "prompts_per_step": 4}
+                                   ).total_steps(10) == 2
+    assert PPOSettings.from_config({"steps": 7}).total_steps(10) == 7
+    steps = [ppo.prompts_of_step(10, 4, seed=0, step=k) for k in range(6)]
+    assert [len(s) for s in steps] == [4, 4, 2, 4, 4, 2]
+    for first in (0, 3):  # each pass answers every row exactly once
+        assert sorted(sum(steps[first:first + 3], [])) == list(range(10))
+    assert sum(steps[:3], []) != sum(steps[3:], [])  # a fresh shuffle per pass
+    assert steps[4] == ppo.prompts_of_step(10, 4, seed=0, step=4)  # a function of the step
+    assert sum(steps[:3], []) != sum([ppo.prompts_of_step(10, 4, 1, k) for k in range(3)], [])
 
 
 # ---------------------------------------------------------------- the math, by hand
@@ -105,16 +140,64 @@ def test_policy_loss_clipped_and_unclipped_by_hand():
 def test_value_loss_clipped_and_unclipped_by_hand():
     old_values, new_values, returns = t(0, 0, 0, 0), t(0.5, 0.1, 0.5, 4), t(1, 1, 0, 0)
     mask = t(1, 1, 1, 0)
-    loss = value_loss(new_values[None], old_values[None], returns[None], mask[None],
-                      cliprange_value=0.2)
-    # V=0.5→clipped 0.2, R=1: max(0.25, 0.64) = 0.64;  V=0.1 (inside), R=1: 0.81;
-    # V=0.5→0.2, R=0: max(0.25, 0.04) = 0.25
+    loss, clipfrac = value_loss(new_values[None], old_values[None], returns[None], mask[None],
+                                cliprange_value=0.2)
+    # V=0.5→clipped 0.2, R=1: max(0.25, 0.64) = 0.64 (the clipped error);  V=0.1 (inside),
+    # R=1: 0.81;  V=0.5→0.2, R=0: max(0.25, 0.04) = 0.25 (the unclipped error)
     assert loss.item() == pytest.approx(0.5 * (0.64 + 0.81 + 0.25) / 3)
+    assert clipfrac.item() == pytest.approx(1 / 3)
 
 
-def test_masked_whiten_uses_real_tokens_only():
+def test_masked_whiten_uses_real_tokens_only_with_the_unbiased_variance():
+    # TRL's whitening: variance with n − 1 (here (1 + 0 + 1) / 2 = 1)
     whitened = masked_whiten(t(1, 2, 3, 100)[None], t(1, 1, 1, 0)[None])
-    assert torch.allclose(whitened[0, :3], t(-1, 0, 1) / math.sqrt(2 / 3), atol=1e-6)
+    assert torch.allclose(whitened[0, :3], t(-1, 0, 1), atol=1e-6)
+    kept = masked_whiten(t(1, 2, 3, 100)[None], t(1, 1, 1, 0)[None], shift_mean=False)
+    assert torch.allclose(kept[0, :3], t(1, 2, 3), atol=1e-6)
+
+
+def test_explained_variance_by_hand():
+    returns, mask = t(1, 2, 3, 50)[None], t(1, 1, 1, 0)[None]
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    # residuals (0, 0, 1): variance 1/3 against the returns' 1
+    assert explained_variance(t(1, 2, 2, 0)[None], returns, mask) == pytest.approx(1 - 1 / 3)
+    assert explained_variance(t(2, 2, 2, 0)[None], returns, mask) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_score_scaling_normalisation_and_clipping_by_hand():
+    scores = t(1, -1, -3, 1)
+    off = PPOSettings.from_config({})
+    assert torch.equal(ppo.process_scores(scores, off, ppo.RunningMoments()), scores)
+    # one batch: running mean -0.5, unbiased sd sqrt(11/3) (population variance 11/4)
+    sd = math.sqrt(11 / 3)
+    scaled = ppo.process_scores(scores, PPOSettings.from_config({"score_scaling": True}),
+                                ppo.RunningMoments())
+    assert torch.allclose(scaled, scores / sd)
+    normed = ppo.process_scores(scores, PPOSettings.from_config(
+        {"score_scaling": True, "score_norm": True}), ppo.RunningMoments())
+    assert torch.allclose(normed, (scores + 0.5) / sd)
+    clipped = ppo.process_scores(scores, PPOSettings.from_config({"score_clip": 2.0}),
+                                 ppo.RunningMoments())
+    assert torch.equal(clipped, t(1, -1, -2, 1))
+    moments = ppo.RunningMoments()  # a second batch merges with the first
+    moments.update(scores)
+    moments.update(t(3, 3, 3, 3))
+    everything = torch.cat([scores, t(3, 3, 3, 3)])
+    assert moments.mean == pytest.approx(everything.mean().item())
+    assert moments.std == pytest.approx(everything.std().item())
+
+
+def test_training_reward_can_require_the_closing_tag():
+    open_yes, closed_yes = "Yes", f"Yes{CLOSE_TAG}"
+    suite = answers.training_reward(RewardScheme())
+    assert suite(RTE, open_yes, "entailment") == suite(RTE, closed_yes, "entailment") == 1.0
+    closing = answers.training_reward(RewardScheme(require_close=True))
+    assert closing(RTE, closed_yes, "entailment") == 1.0
+    assert closing(RTE, open_yes, "entailment") == -3.0  # invalid: the tag never closed
+    assert closing(RTE, "No", "entailment") == -3.0
+    stsb = get_task("glue", "stsb")
+    assert closing(stsb, f"3.5{CLOSE_TAG}", 3.0) == pytest.approx(2.0)
+    assert closing(stsb, "3.5", 3.0) == -2.5
 
 
 def test_adaptive_kl_controller_follows_the_formula():
@@ -284,14 +367,247 @@ def test_seed_adapter_is_merged_into_the_reference(tiny_model_dir, rte_rows, tmp
     assert (reference - base_logprobs).abs().max() > 1e-2
 
 
+# ---------------------------------------------------------------- the update, exact
+
+def random_adapter(model, std: float = 0.3) -> None:
+    """Make a fresh (zero) PPO adapter non-zero, as after some training."""
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, std)
+
+
+def update_batch(model, value_head, sampled, **overrides) -> dict:
+    """The batch ppo_update reads, with the rollout's own π_old and values."""
+    logprobs, values = ppo.old_policy(model, value_head, sampled, PPOSettings())
+    batch = {"input_ids": sampled.input_ids, "attention_mask": sampled.attention_mask,
+             "mask": sampled.mask, "logprobs": logprobs, "values": values,
+             "advantages": torch.ones_like(sampled.mask), "returns": values + 0.1}
+    return {**batch, **overrides}
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 1e-3], ids=["no-clipping", "clipped"])
+def test_ppo_update_mini_batches_accumulation_threshold_and_clipping_by_hand(
+        tiny_model_dir, rte_rows, max_grad_norm):
+    """One epoch over 4 rows as 2 mini-batches of 2, accumulated into one optimizer step.
+    The second mini-batch's mean ratio is 30, above the threshold: skipped. With SGD at
+    lr 1 the step moves the weights by exactly minus the (clipped) gradient, so the step
+    is checked against the first mini-batch's gradient, halved."""
+    settings = PPOSettings.from_config({
+        "device": "cpu", "mini_batch_size": 2, "gradient_accumulation": 2, "ppo_epochs": 1,
+        "ratio_threshold": 10.0, "max_grad_norm": max_grad_norm, "lora_dropout": 0.05})
+    model, value_head = ppo.build_policy(tiny_model_dir, settings)
+    random_adapter(model)
+    sampled = sampled_batch(model, load_tokenizer(tiny_model_dir), settings, rte_rows(4))
+    np.random.seed(0)
+    order = np.random.permutation(4)  # the order ppo_update draws after the same seeding
+    first, second = order[:2], order[2:]
+    ratios = torch.ones(4)
+    ratios[first[1]], ratios[second] = 1.5, 30.0
+    batch = update_batch(model, value_head, sampled)
+    batch["logprobs"] = batch["logprobs"] - torch.log(ratios)[:, None]  # π/π_old = ratios
+    trainable = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
+
+    # the expected step: the gradient of the first mini-batch's loss, halved
+    mb = {key: tensor[torch.from_numpy(first)] for key, tensor in batch.items()}
+    new_logprobs, _, new_values = ppo.evaluate_actions(
+        model, mb["input_ids"], mb["attention_mask"], mb["mask"].size(1), 1.0, value_head)
+    pg_loss, _ = policy_loss(new_logprobs, mb["logprobs"], mb["advantages"], mb["mask"], 0.2)
+    vf_loss, _ = value_loss(new_values, mb["values"], mb["returns"], mb["mask"], 0.2)
+    gradients = torch.autograd.grad((pg_loss + 0.1 * vf_loss) / 2, trainable)
+    norm = torch.sqrt(sum((g ** 2).sum() for g in gradients))
+    scale = 1.0 if max_grad_norm is None else max_grad_norm / (norm.item() + 1e-6)
+    assert scale < 0.1 or max_grad_norm is None  # clipping does act in the clipped case
+
+    before = [p.detach().clone() for p in trainable]
+    np.random.seed(0)
+    stats = ppo.ppo_update(model, value_head, torch.optim.SGD(trainable, lr=1.0), batch,
+                           settings)
+    for parameter, start, gradient in zip(trainable, before, gradients):
+        assert torch.allclose(parameter.detach() - start, -scale * gradient, atol=1e-6,
+                              rtol=1e-4)
+
+    # the statistics, by hand: in the first mini-batch every token of row first[0] has ratio
+    # 1 (loss −A·ρ = −1) and every token of row first[1] ratio 1.5, clipped to 1.2 (loss
+    # −1.2); the skipped mini-batch counts with zero losses; new values = old ones, 0.1 away
+    # from the returns: value loss ½·0.01
+    tokens = sampled.mask.sum(dim=1)
+    n_a, n_b = tokens[first[0]].item(), tokens[first[1]].item()
+    assert stats["policy_loss"] == pytest.approx((-n_a - 1.2 * n_b) / (n_a + n_b) / 2, rel=1e-5)
+    assert stats["value_loss"] == pytest.approx(0.005 / 2, rel=1e-3)
+    assert stats["clipfrac"] == pytest.approx((n_b / (n_a + n_b) + 1.0) / 2, rel=1e-5)
+    assert stats["ratio_mean"] == pytest.approx(((n_a + 1.5 * n_b) / (n_a + n_b) + 30) / 2,
+                                                rel=1e-4)
+    assert stats["ratio_max"] == pytest.approx(30.0, rel=1e-4)
+    assert (stats["skipped_minibatches"], stats["ppo_epochs_run"]) == (1, 1)
+
+
+def test_ppo_epochs_mini_batches_and_kl_early_stop(tiny_model_dir, rte_rows):
+    """4 rows, mini-batches of 1, accumulation 2: 2 optimizer steps per epoch, 3 epochs;
+    a policy KL far above 1.5 · target_kl stops after the first epoch."""
+    settings = PPOSettings.from_config({"device": "cpu", "mini_batch_size": 1,
+                                        "gradient_accumulation": 2, "ppo_epochs": 3})
+    model, value_head = ppo.build_policy(tiny_model_dir, settings)
+    sampled = sampled_batch(model, load_tokenizer(tiny_model_dir), settings, rte_rows(4))
+    trainable = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
+    optimizer = torch.optim.SGD(trainable, lr=0.0)
+    steps = []
+    optimizer.register_step_post_hook(lambda *args: steps.append(1))
+    batch = update_batch(model, value_head, sampled)
+    assert ppo.ppo_update(model, value_head, optimizer, batch, settings)["ppo_epochs_run"] == 3
+    assert len(steps) == 3 * 2
+    steps.clear()
+    batch["logprobs"] = batch["logprobs"] + 5.0  # policy KL = mean(old − new) = 5
+    stopped = ppo.ppo_update(model, value_head, optimizer, batch, PPOSettings.from_config(
+        {"device": "cpu", "mini_batch_size": 1, "gradient_accumulation": 2, "ppo_epochs": 3,
+         "target_kl": 1.0, "ratio_threshold": None}))
+    assert stopped["ppo_epochs_run"] == 1 and len(steps) == 2
+
+
+def test_ratio_is_one_at_step_zero_with_lora_dropout_on(tiny_model_dir, rte_rows):
+    """With a non-zero adapter and LoRA dropout 0.05, an update that does not change the
+    policy sees ratio 1 and clips nothing: dropout is off in the update as in the rollout."""
+    settings = PPOSettings.from_config({"device": "cpu", "lora_dropout": 0.05, "ppo_epochs": 2,
+                                        "mini_batch_size": 2, "optimizer": "adamw",
+                                        "learning_rate": 0.0})
+    model, value_head = ppo.build_policy(tiny_model_dir, settings)
+    random_adapter(model)
+    sampled = sampled_batch(model, load_tokenizer(tiny_model_dir), settings, rte_rows(4))
+    trainable = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
+    stats = ppo.ppo_update(model, value_head, ppo.make_optimizer(trainable, settings),
+                           update_batch(model, value_head, sampled), settings)
+    assert stats["clipfrac"] == 0.0
+    assert stats["ratio_max"] == pytest.approx(1.0, abs=1e-4)
+    assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2_dir(tiny_model_dir, tmp_path_factory):
+    """A 2-layer Qwen2 (the architecture of Qwen2.5, in the paper's grid): q/k/v projections
+    with biases, here random, and the tiny tokenizer."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    tokenizer = load_tokenizer(tiny_model_dir)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, initializer_range=0.1)
+    torch.manual_seed(2)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".bias"):
+                parameter.normal_(0, 0.5)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def bf16_learner(location: str, **config):
+    settings = PPOSettings.from_config({"device": "cpu", "dtype": "bfloat16", "lora_bias": "all",
+                                        "lora_target_modules": None, "ppo_epochs": 1,
+                                        "mini_batch_size": 2, **config})
+    model, value_head = ppo.build_policy(location, settings)
+    return settings, ppo.make_learner(model, value_head, settings)
+
+
+def test_bf16_step_zero_has_ratio_one_and_kl_exactly_zero(tiny_qwen2_dir, rte_rows):
+    """In bf16 the sampling pass's log-probabilities are not those of a full forward pass;
+    they are recomputed, so at step 0 (policy = reference) the KL is exactly 0 and the
+    update's ratio is 1."""
+    settings, learner = bf16_learner(tiny_qwen2_dir, learning_rate=0.0)
+    tokenizer = load_tokenizer(tiny_qwen2_dir)
+    sampled = sampled_batch(learner.model, tokenizer, settings, rte_rows(4), length=8)
+    assert sampled.logprobs is None and sampled.values is None  # not read off the cached pass
+    stats, tensors = ppo.ppo_step(learner, sampled, torch.zeros(4), settings)
+    assert stats["kl"] == 0.0 and stats["kl_k3"] == 0.0
+    assert torch.equal(tensors["logprobs"], tensors["ref_logprobs"])
+    assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert stats["ratio_max"] == pytest.approx(1.0, abs=1e-6)
+    assert stats["clipfrac"] == 0.0
+
+
+def test_bf16_model_trains_fp32_lora_biases_and_value_head(tiny_qwen2_dir, rte_rows):
+    """bias="all" on a bf16 Qwen2: the optimizer steps fp32 copies, so three Adafactor steps
+    at the paper's lr 9e-6 move every bias element (in bf16 most steps round away), the
+    model holds their rounding, and the reference policy is still the base model."""
+    from transformers import AutoModelForCausalLM
+
+    settings, learner = bf16_learner(tiny_qwen2_dir, optimizer="adafactor",
+                                     learning_rate=9e-6)
+    model = learner.model
+    assert all(p.dtype == torch.float32 for p in learner.trainable.parameters)
+    assert all(p.dtype == torch.float32 for name, p in model.named_parameters()
+               if "lora_" in name)
+    biases = {name: p for name, p in model.named_parameters()
+              if p.requires_grad and name.endswith(".bias")}
+    assert {name.split(".self_attn.")[1].split(".")[0] for name in biases} == {
+        "q_proj", "k_proj", "v_proj"}
+    assert all(p.dtype == torch.bfloat16 for p in biases.values())
+    initial = ppo.TrainableParameters(model, learner.value_head).masters()
+    tokenizer = load_tokenizer(tiny_qwen2_dir)
+    sampled = sampled_batch(model, tokenizer, settings, rte_rows(4), length=8)
+    for _ in range(3):
+        ppo.ppo_step(learner, sampled, torch.tensor([1.0, -1.0, 1.0, -3.0]), settings)
+    masters = learner.trainable.masters()
+    moved = torch.cat([(m != i).flatten() for m, i in zip(masters, initial)]).float().mean()
+    assert moved > 0.99, f"only {moved:.1%} of the bias elements moved"
+    for (parameter, master) in learner.trainable.pairs:
+        assert torch.equal(parameter, master.to(torch.bfloat16))
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir, dtype=torch.bfloat16).eval()
+    length = sampled.mask.size(1)
+    with torch.no_grad():
+        expected = ppo.evaluate_actions(base, sampled.input_ids, sampled.attention_mask, length)[0]
+        with ppo.reference_policy(model, learner.initial_biases):
+            reference = ppo.evaluate_actions(model, sampled.input_ids, sampled.attention_mask,
+                                             length)[0]
+    assert torch.equal(reference, expected)
+
+
+def test_paper_config_expresses_the_papers_trainer(tiny_model_dir):
+    """configs/paper.yaml over config.yaml: TRL 0.11's schedule as the paper's ppo.py set it,
+    three passes over the train split, PEFT's default LoRA targets per architecture (q_proj
+    and v_proj for Llama) with every bias trained, and the closing tag required."""
+    merged = {}
+    for name in ("config.yaml", "configs/paper.yaml"):
+        config = yaml.safe_load((ROOT / name).read_text())
+        for section in ("ppo", "reward"):
+            merged.setdefault(section, {}).update(config.get(section, {}))
+    config = {k: v for k, v in merged["ppo"].items() if k != "seed_from"}
+    settings = PPOSettings.from_config(config)
+    assert (settings.prompts_per_step, settings.mini_batch_size, settings.gradient_accumulation,
+            settings.ppo_epochs) == (16, 8, 2, 4)
+    assert (settings.max_grad_norm, settings.ratio_threshold, settings.steps,
+            settings.passes) == (None, 10.0, None, 3)
+    assert (settings.optimizer, settings.learning_rate, settings.kl.init_kl_coef,
+            settings.kl.adaptive) == ("adafactor", 9e-6, 0.2, True)
+    assert (settings.lora_bias, settings.lora_target_modules) == ("all", None)
+    assert merged["reward"]["require_close"] is True
+    model, _ = ppo.build_policy(tiny_model_dir, PPOSettings.from_config(
+        {**config, "device": "cpu", "dtype": "float32"}))
+    adapted = {name.split(".")[-4] for name, _ in model.named_parameters() if "lora_A" in name}
+    assert adapted == {"q_proj", "v_proj"}
+
+
 # ---------------------------------------------------------------- training
 
+# While every sampled answer earns −1, the policy only drifts; the rise starts once "Yes" has
+# been sampled and rewarded, which takes a varying number of steps. Each case runs a seed
+# where that happens within the 40 steps (seed 0 without the KL penalty drifts away instead).
+@pytest.mark.parametrize("kl, seed", [
+    ({"init_kl_coef": 0.0, "adaptive": False}, 1),
+    ({"init_kl_coef": 0.2, "adaptive": True, "target": 6.0, "horizon": 10000}, 0),  # the paper's
+], ids=["no-kl", "paper-kl"])
 def test_mean_reward_rises_on_a_learnable_reward(learnable_model_dir, rte_rows, yes_or_not,
-                                                 tmp_path):
+                                                 tmp_path, kl, seed):
     settings = PPOSettings.from_config({
         "optimizer": "adamw", "learning_rate": 5e-3, "steps": 40, "save_steps": 0,
-        "response_length_min": 8, "response_length_max": 16, "seed": 0, "device": "cpu",
-        "kl": {"init_kl_coef": 0.0, "adaptive": False}})
+        "response_length_min": 8, "response_length_max": 16, "seed": seed, "device": "cpu",
+        "kl": kl})
     curve_csv, curve_png = tmp_path / "curve.csv", tmp_path / "curve.png"
     result = ppo.train_ppo(learnable_model_dir, rte_rows(32), RTE, tmp_path / "adapter",
                            tmp_path / "work", settings, curve_csv, curve_png,
@@ -306,10 +622,59 @@ def test_mean_reward_rises_on_a_learnable_reward(learnable_model_dir, rte_rows, 
     assert last > first + 0.3, rewards
     assert curve[-1]["accuracy"] > curve[0]["accuracy"]
     assert all(1 <= row["response_length"] <= 16 for row in curve)
+    assert curve[-1]["majority_share"] > 0.5  # the answers converge on "Yes"
+    kls = [row["kl"] for row in curve]
+    if kl["init_kl_coef"]:
+        # the penalty is paid: the shaped return is the task reward less β·KL
+        assert all(row["shaped_return"] < row["reward"] + 1e-6 for row in curve if row["kl"] > 0)
+    # β is adapted after each step: at step 0 the KL is 0, below the target, so β falls
+    # by the controller's largest step, 0.2 · 16 prompts / horizon
+    assert curve[1]["kl_coef"] == pytest.approx(kl["init_kl_coef"] * (1 - 0.2 * 16 / 10000)
+                                                if kl["adaptive"] else kl["init_kl_coef"])
+    assert curve[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # policy = reference at step 0
+    assert max(kls) > 0.1 and all(row["kl_k3"] >= -1e-6 for row in curve)
     assert curve_png.stat().st_size > 0
     saved = set(os.listdir(tmp_path / "adapter"))
     assert {"adapter_config.json", "adapter_model.safetensors"} <= saved
     assert result["resumed_from_step"] is None and result["final"]["step"] == 40
+
+
+def test_multi_task_rows_are_scored_by_their_own_task(tmp_path, learnable_model_dir):
+    """ppo_multi end to end through the command its rule runs: two tasks' prompt files, one
+    pass over their mix; every row's answer is read by its own task's labels."""
+    rte = [{"idx": i, "label": "entailment",
+            "prompt": f"Premise: A man plays {i}. Hypothesis: Someone plays. <Judgement>"}
+           for i in range(6)]
+    sst2 = [{"idx": i, "label": "positive",
+             "prompt": f"Sentence: The cat sat {i}. <Judgement>"} for i in range(4)]
+    files.write_jsonl(tmp_path / "rte.jsonl", rte)
+    files.write_jsonl(tmp_path / "sst2.jsonl", sst2)
+    settings = {"steps": None, "passes": 1, "prompts_per_step": 4, "mini_batch_size": 2,
+                "ppo_epochs": 1, "response_length_min": 4, "response_length_max": 6,
+                "save_steps": 0, "device": "cpu", "mixing": "proportional"}
+    status = cli.main([
+        "train-rl", "--algorithm", "ppo", "--model-location", learnable_model_dir,
+        "--train", f"glue/rte={tmp_path / 'rte.jsonl'}",
+        "--train", f"glue/sst2={tmp_path / 'sst2.jsonl'}",
+        "--settings", json.dumps(settings), "--reward", json.dumps({"require_close": True}),
+        "--adapter", str(tmp_path / "adapter"), "--work-dir", str(tmp_path / "work"),
+        "--curve-csv", str(tmp_path / "curve.csv"), "--curve-png", str(tmp_path / "curve.png")])
+    assert status == 0
+    curve = list(csv.DictReader(open(tmp_path / "curve.csv")))
+    assert len(curve) == 3  # one pass over 10 mixed rows, 4 per step: 4 + 4 + 2
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "curve.png").stat().st_size > 0
+
+    # the reward of a batch mixing both tasks: each row by its own task's label words
+    reward_fn = answers.training_reward(RewardScheme(require_close=True))
+    rows = [dict(rte[0], task="glue/rte"), dict(sst2[0], task="glue/sst2")]
+    texts = [f"Yes{CLOSE_TAG}", f"Positive{CLOSE_TAG}"]
+    tasks = [ppo.task_of(row, None) for row in rows]
+    assert [reward_fn(t, text, row["label"]) for t, text, row in zip(tasks, texts, rows)] \
+        == [1.0, 1.0]
+    assert reward_fn(SST2, texts[0], "positive") == reward_fn(RTE, texts[1], "entailment") == -3
+    statistics = ppo.answer_statistics(tasks, texts, [row["label"] for row in rows])
+    assert statistics == {"accuracy": 1.0, "invalid_rate": 0.0, "majority_share": 0.5}
 
 
 RESUME_CONFIG = {"learning_rate": 5e-3, "steps": 10, "save_steps": 2,

@@ -22,6 +22,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 from .tasks import Task
 
@@ -128,13 +129,26 @@ class RewardScheme:
     invalid: float = -3.0
     regression_offset: float = 2.5  # STS-B reward: offset - |prediction - gold|
     regression_invalid: float = -2.5
+    # An answer that never closes </Judgement> counts as invalid for the reward (the paper's
+    # PPO reward does so; its evaluation parser, like ours, reads unclosed text).
+    require_close: bool = False
 
 
 def reward(task: Task, answer: Answer, gold, scheme: RewardScheme = RewardScheme()) -> float:
+    unusable = not answer.valid or (scheme.require_close and not answer.closed)
     if task.is_regression:
-        if not answer.valid:
+        if unusable:
             return scheme.regression_invalid
         return scheme.regression_offset - abs(float(answer.label) - float(gold))
-    if not answer.valid:
+    if unusable:
         return scheme.invalid
     return scheme.correct if answer.label == gold else scheme.wrong
+
+
+def training_reward(scheme: RewardScheme) -> Callable[[Task, str, object], float]:
+    """The RL training reward as one callable, `(task, generation, gold) -> float`: the one
+    place where the rule that scores a sampled generation is chosen."""
+    def score(task: Task, generation: str, gold) -> float:
+        return reward(task, parse_answer(task, generation), gold, scheme)
+
+    return score

@@ -1,22 +1,29 @@
 """PPO with LoRA: the paper's reinforcement learning for language understanding.
 
-Every token the policy generates is an action; the finished answer is parsed and scored with
-the same label-alignment reward the evaluation uses (`answers.reward`); only the LoRA layers
-(and a small value head) learn. TRL no longer ships PPOTrainer, so the algorithm lives here,
-one step after another, in the manner of the classic single-file implementations
-(Ziegler et al. 2019; the TRL PPOTrainer the paper's code used):
+Every token the policy generates is an action; the finished answer is scored by the training
+reward (`answers.training_reward`: the label-alignment reward the evaluation's parser reads);
+only the LoRA layers, the biases trained beside them and a small value head learn. TRL no
+longer ships PPOTrainer, so the algorithm lives here, one step after another, written to do
+what TRL 0.11's `PPOTrainer.step` (the trainer the paper's code calls) does, step for step
+(`scripts/ppo_oracle.sh` checks it against that trainer):
 
-  1. rollout     sample `prompts_per_step` prompts and generate a response to each; the
-                 sampling pass also gives the policy's log-probabilities of the sampled
-                 tokens and the values of the states before them
-  2. reward      parse each finished answer and score it against the gold label
+  1. rollout     the step's prompts (passes over the shuffled train rows, `prompts_per_step`
+                 at a time) and a sampled response to each; in fp32 the sampling pass also
+                 gives the policy's log-probabilities and values, in lower precision one
+                 batched forward pass recomputes them (the cached pass is not exact there)
+  2. reward      the training reward of each finished answer against its gold label
   3. evaluate    log-probabilities of the response tokens under the reference policy (same
                  weights, PPO adapter disabled)
   4. shape       per-token rewards: −β·KL on every token, the task reward on the last one
   5. GAE         advantages and returns over the response tokens
-  6. optimise    `ppo_epochs` passes over shuffled mini-batches: clipped surrogate policy
-                 loss + vf_coef · clipped value loss, gradients clipped
+  6. optimise    `ppo_epochs` passes over shuffled mini-batches, `gradient_accumulation`
+                 mini-batches per optimizer step: clipped surrogate policy loss + vf_coef ·
+                 clipped value loss; a mini-batch whose mean ratio exceeds `ratio_threshold`
+                 is skipped; gradients optionally clipped
   7. KL control  move β towards the target KL (adaptive) or keep it fixed
+
+Every forward pass runs with dropout off (TRL runs them in eval mode): with LoRA dropout on
+in the update only, the ratio would differ from 1 with no change to the policy.
 
 Tensors over response tokens are (batch, response_length); `mask` is 1 on the tokens the
 model actually answered with (a prefix: up to EOS or the closing tag) and 0 on padding.
@@ -24,9 +31,11 @@ model actually answered with (a prefix: up to EOS or the closing tag) and 0 on p
 from __future__ import annotations
 
 import logging
+import math
 import random
 import shutil
 import warnings
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,10 +55,22 @@ from .training import (LoraSettings, plot_curves, resume_point, run_fingerprint,
                        settings_from_config, write_curve_csv)
 
 logger = logging.getLogger(__name__)
-CURVE_COLUMNS = ("step", "reward", "accuracy", "invalid_rate", "kl", "kl_coef", "entropy",
-                 "clipfrac", "value_loss", "policy_loss", "response_length")
-CURVE_PANELS = (("reward",), ("accuracy", "invalid_rate"), ("kl",), ("kl_coef",), ("entropy",),
-                ("response_length",))
+CURVE_COLUMNS = (
+    "step",
+    # the sampled answers: raw task reward, the evaluation's reading of them
+    "reward", "reward_std", "accuracy", "invalid_rate", "majority_share",
+    # the KL-shaped return of a sequence (task reward − β·KL summed over its tokens)
+    "shaped_return", "shaped_return_std",
+    # distance to the reference: k1 = Σ log π/π_ref, k3 = Σ (ρ − 1 − log ρ), ρ = π_ref/π
+    "kl", "kl_k3", "kl_coef", "entropy",
+    # the update
+    "policy_loss", "value_loss", "clipfrac", "value_clipfrac", "explained_variance",
+    "ratio_mean", "ratio_max", "skipped_minibatches", "ppo_epochs_run",
+    "response_length")
+CURVE_PANELS = (("reward", "shaped_return"), ("accuracy", "invalid_rate", "majority_share"),
+                ("kl", "kl_k3"), ("kl_coef",), ("entropy",), ("clipfrac", "value_clipfrac"),
+                ("explained_variance",), ("ratio_mean", "ratio_max"), ("policy_loss",),
+                ("value_loss",), ("skipped_minibatches",), ("response_length",))
 
 
 # ---------------------------------------------------------------- settings
@@ -68,9 +89,13 @@ class PPOSettings(LoraSettings):  # lora_* fields: the paper's LoRA, as in SFT a
     learning_rate: float = 9e-6
     optimizer: str = "adafactor"  # or "adamw"
     prompts_per_step: int = 16
+    # The budget: a fixed number of steps, or (steps: null) passes over the train rows,
+    # each pass a fresh shuffle cut into steps of prompts_per_step (the last one shorter).
+    steps: int | None = 100
+    passes: float | None = None
     mini_batch_size: int = 4
+    gradient_accumulation: int = 1  # mini-batches per optimizer step
     ppo_epochs: int = 3
-    steps: int = 100
     temperature: float = 1.0
     top_k: int = 0  # 0: no top-k filtering
     top_p: float = 1.0
@@ -82,8 +107,15 @@ class PPOSettings(LoraSettings):  # lora_* fields: the paper's LoRA, as in SFT a
     cliprange: float = 0.2
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = 1.0  # null: no gradient clipping
+    ratio_threshold: float | None = 10.0  # skip a mini-batch whose mean ratio exceeds it
     whiten_advantages: bool = True
+    # TRL 0.11's optional reward processing and early stop, all off by default:
+    score_scaling: bool = False  # divide task rewards by their running standard deviation
+    score_norm: bool = False  # ... and subtract their running mean first (needs scaling)
+    score_clip: float | None = None  # clip task rewards to ±score_clip
+    whiten_rewards: bool = False  # whiten per-token rewards (mean kept) before GAE
+    target_kl: float | None = None  # stop the PPO epochs once policy KL > 1.5 · target_kl
     save_steps: int = 50
     seed: int = 0
     dtype: str = "auto"
@@ -102,7 +134,34 @@ class PPOSettings(LoraSettings):  # lora_* fields: the paper's LoRA, as in SFT a
                              f"not {settings.optimizer!r}")
         if not 1 <= settings.response_length_min <= settings.response_length_max:
             raise ValueError("ppo needs 1 <= response_length_min <= response_length_max")
+        if (settings.steps is None) == (settings.passes is None):
+            raise ValueError("ppo needs exactly one budget: steps (a number of steps) or "
+                             "passes (over the train split); set the other to null")
+        if settings.score_norm and not settings.score_scaling:
+            raise ValueError("ppo.score_norm needs ppo.score_scaling: true")
         return settings
+
+    def total_steps(self, rows: int) -> int:
+        """The steps of the budget: `steps`, or `passes` over `rows` prompt rows."""
+        if self.steps is not None:
+            return self.steps
+        return math.ceil(self.passes * steps_per_pass(rows, self.prompts_per_step))
+
+
+# ---------------------------------------------------------------- which prompts
+
+def steps_per_pass(rows: int, prompts_per_step: int) -> int:
+    return math.ceil(rows / prompts_per_step)
+
+
+def prompts_of_step(rows: int, prompts_per_step: int, seed: int, step: int) -> list[int]:
+    """Indices of the rows a step (from 0) answers: each pass over the rows is a fresh seeded
+    shuffle, cut into steps of `prompts_per_step`, the last one shorter (the paper's loader).
+    A function of the step alone, so a resumed run draws what an uninterrupted one would."""
+    per_pass = steps_per_pass(rows, prompts_per_step)
+    pass_index, position = divmod(step, per_pass)
+    order = np.random.default_rng([seed, pass_index]).permutation(rows)
+    return order[position * prompts_per_step:(position + 1) * prompts_per_step].tolist()
 
 
 # ---------------------------------------------------------------- the math
@@ -111,11 +170,18 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum()
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit (population) variance over the real tokens."""
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The unbiased (n − 1) variance over the real tokens, as TRL computes it."""
     mean = masked_mean(x, mask)
-    variance = masked_mean((x - mean) ** 2, mask)
-    return (x - mean) * torch.rsqrt(variance + 1e-8)
+    return masked_mean((x - mean) ** 2, mask) * mask.sum() / (mask.sum() - 1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Zero mean (unless `shift_mean` is False: the mean is kept) and unit variance over the
+    real tokens."""
+    mean = masked_mean(x, mask)
+    whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + 1e-8)
+    return whitened if shift_mean else whitened + mean
 
 
 def per_token_rewards(score, logprobs, ref_logprobs, mask, kl_coef: float) -> torch.Tensor:
@@ -156,13 +222,23 @@ def policy_loss(new_logprobs, old_logprobs, advantages, mask, cliprange: float):
     return loss, clipfrac
 
 
-def value_loss(new_values, old_values, returns, mask, cliprange_value: float) -> torch.Tensor:
+def value_loss(new_values, old_values, returns, mask, cliprange_value: float):
     """½·mean(max((V − R)², (V_clipped − R)²)), where V_clipped stays within ±ε of the value
-    estimated during the rollout, so the critic cannot jump far in one update."""
+    estimated during the rollout, so the critic cannot jump far in one update. Also returns
+    the value clip fraction: the share of tokens where the clipped error is the larger."""
     clipped_values = old_values + torch.clamp(new_values - old_values,
                                               -cliprange_value, cliprange_value)
-    squared_errors = torch.max((new_values - returns) ** 2, (clipped_values - returns) ** 2)
-    return 0.5 * masked_mean(squared_errors, mask)
+    unclipped_errors = (new_values - returns) ** 2
+    clipped_errors = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(unclipped_errors, clipped_errors), mask)
+    return loss, masked_mean((clipped_errors > unclipped_errors).float(), mask)
+
+
+def explained_variance(values, returns, mask) -> float:
+    """1 − Var(R − V)/Var(R) over the real tokens: how much of the returns the value head
+    predicted (1: all, 0: no better than their mean, negative: worse)."""
+    variance = masked_var(returns, mask)
+    return float(1 - masked_var(returns - values, mask) / variance) if variance > 0 else math.nan
 
 
 class AdaptiveKLController:
@@ -185,12 +261,43 @@ class FixedKLController:
         pass
 
 
+class RunningMoments:
+    """Running mean and standard deviation of the task rewards seen so far (TRL's, for
+    `score_scaling`): each batch is merged in with the parallel-variance formula."""
+
+    def __init__(self):
+        self.mean, self.std, self.var, self.count = 0.0, 1.0, 1.0, 1e-24
+
+    def update(self, xs: torch.Tensor) -> None:
+        xs_var, xs_mean = torch.var_mean(xs.float(), unbiased=False)
+        delta = xs_mean.item() - self.mean
+        total = self.count + xs.numel()
+        old_sum = self.var * self.count + delta ** 2 * self.count * xs.numel() / total
+        new_var = (old_sum + xs_var.item() * xs.numel()) / total
+        self.mean += delta * xs.numel() / total
+        self.std = math.sqrt(new_var * total / (total - 1))
+        self.var, self.count = new_var, total
+
+
+def process_scores(score: torch.Tensor, settings: PPOSettings, moments: RunningMoments):
+    """The task rewards as the per-token rewards use them: scaled, normalised and clipped as
+    the settings ask (all off by default)."""
+    if settings.score_scaling:
+        moments.update(score)
+        scale = moments.std + torch.finfo(score.dtype).eps
+        score = (score - moments.mean) / scale if settings.score_norm else score / scale
+    if settings.score_clip is not None:
+        score = torch.clamp(score, -settings.score_clip, settings.score_clip)
+    return score
+
+
 # ---------------------------------------------------------------- the model
 
 def build_policy(model_location: str, settings: PPOSettings, seed_adapter: str | None = None):
     """The policy (base model, the SFT adapter merged in when seeding from SFT, plus a fresh
     LoRA adapter for PPO) and its value head. The reference policy is the same model with
-    the PPO adapter disabled, so no second copy is ever loaded."""
+    the PPO adapter disabled, so no second copy is ever loaded. The LoRA weights and the
+    value head are fp32 whatever the model's dtype (PEFT casts LoRA up itself)."""
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -202,14 +309,56 @@ def build_policy(model_location: str, settings: PPOSettings, seed_adapter: str |
         model = PeftModel.from_pretrained(model, seed_adapter).merge_and_unload()
     model = get_peft_model(model, settings.lora())
     value_head = nn.Linear(model.config.hidden_size, 1)  # fp32 even when the model is bf16
-    return model.to(device), value_head.to(device)
+    return model.to(device).eval(), value_head.to(device)
+
+
+class TrainableParameters:
+    """What the optimizer updates, all in fp32. Biases trained beside LoRA live in the base
+    layers, in the model's dtype: in bf16 a step of lr 9e-6 is mostly rounded away. Each such
+    parameter gets an fp32 master copy that takes the optimizer's steps; the model's copy is
+    its rounding, written after every step."""
+
+    def __init__(self, model, value_head):
+        self.pairs = []  # (the model's low-precision parameter, its fp32 master)
+        self.parameters = []
+        for parameter in [p for p in model.parameters() if p.requires_grad] + list(
+                value_head.parameters()):
+            if parameter.dtype != torch.float32:
+                master = nn.Parameter(parameter.detach().float().clone())
+                self.pairs.append((parameter, master))
+                parameter = master
+            self.parameters.append(parameter)
+
+    def collect_gradients(self) -> None:
+        """After a backward pass: move the model's low-precision gradients onto the masters
+        (summed over accumulated mini-batches in fp32)."""
+        for parameter, master in self.pairs:
+            if parameter.grad is not None:
+                gradient = parameter.grad.float()
+                master.grad = gradient if master.grad is None else master.grad + gradient
+                parameter.grad = None
+
+    def publish(self) -> None:
+        """After an optimizer step: the model's parameters take their masters' values."""
+        with torch.no_grad():
+            for parameter, master in self.pairs:
+                parameter.copy_(master)
+
+    def masters(self) -> list[torch.Tensor]:
+        return [master.detach() for _, master in self.pairs]
+
+    def load_masters(self, values: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for (_, master), value in zip(self.pairs, values, strict=True):
+                master.copy_(value)
+        self.publish()
 
 
 @contextmanager
 def reference_policy(model, initial_biases: dict[str, torch.Tensor]):
     """π_ref: the policy with its PPO adapter disabled. Biases trained beside LoRA
-    (bias="lora_only") live in the base layers, which disabling does not undo, so their
-    starting values are swapped in meanwhile."""
+    (bias="lora_only" or "all") live in the base layers, which disabling does not undo, so
+    their starting values are swapped in meanwhile."""
     parameters = dict(model.named_parameters())
     trained = {name: parameters[name].detach().clone() for name in initial_biases}
     with warnings.catch_warnings():
@@ -266,6 +415,13 @@ def evaluate_actions(model, input_ids, attention_mask, response_length: int,
                              hidden)
 
 
+def cached_pass_is_exact(model) -> bool:
+    """Whether the sampling pass's log-probabilities equal a full forward pass: in fp32 they
+    agree to ~1e-6; in bf16 the KV-cached pass differs by up to ~0.02 nats, enough to make
+    the ratio of an unchanged policy 0.98-1.02 and the KL at step 0 non-zero."""
+    return model.get_input_embeddings().weight.dtype == torch.float32
+
+
 # ---------------------------------------------------------------- rollout
 
 def stop_token_ids(model, tokenizer) -> set[int]:
@@ -278,13 +434,14 @@ def stop_token_ids(model, tokenizer) -> set[int]:
 @dataclass
 class Rollout:
     """One step's sampled responses. Tensors over response tokens are (batch, length);
-    `logprobs`, `entropy` and `values` are the policy's own, read off the sampling pass."""
+    `logprobs`, `entropy` and `values` are the policy's own, read off the sampling pass
+    (None where that pass is not exact: `old_policy` then computes them)."""
     input_ids: torch.Tensor  # prompt + response
     attention_mask: torch.Tensor
     mask: torch.Tensor  # 1 on the tokens the model answered with
     texts: list[str]  # what the answer parser reads
-    logprobs: torch.Tensor
-    entropy: torch.Tensor
+    logprobs: torch.Tensor | None
+    entropy: torch.Tensor | None
     values: torch.Tensor | None
 
 
@@ -329,6 +486,8 @@ def rollout(model, tokenizer, prompts: list[str], response_length: int, settings
         # decoded as evaluation decodes, so reward and metric read the same text
         texts.append(tokenizer.decode(ids[:end], skip_special_tokens=True))
     attention_mask = torch.cat([batch["attention_mask"], torch.ones_like(responses)], dim=1)
+    if not cached_pass_is_exact(model):
+        logprobs = values = None
     return Rollout(out.sequences, attention_mask, mask, texts, logprobs, entropy, values)
 
 
@@ -339,6 +498,18 @@ def answer_end(tokenizer, ids: list[int], stop_ids: set[int], stop_at_close_tag:
     if stop_at_close_tag and CLOSE_TAG in tokenizer.decode(ids[:end]):
         end = next(t for t in range(1, end + 1) if CLOSE_TAG in tokenizer.decode(ids[:t]))
     return end
+
+
+def old_policy(model, value_head, sampled: Rollout, settings: PPOSettings):
+    """π_old's log-probabilities and the values of the sampled tokens: the rollout's own
+    where its pass is exact, else one batched forward pass in the training dtype."""
+    if sampled.logprobs is not None and sampled.values is not None:
+        return sampled.logprobs, sampled.values
+    with torch.no_grad():
+        logprobs, _, values = evaluate_actions(model, sampled.input_ids, sampled.attention_mask,
+                                               sampled.mask.size(1), settings.temperature,
+                                               value_head)
+    return logprobs, values
 
 
 # ---------------------------------------------------------------- optimisation
@@ -352,46 +523,149 @@ def make_optimizer(parameters, settings: PPOSettings):
     return torch.optim.AdamW(parameters, lr=settings.learning_rate)
 
 
-def ppo_update(model, value_head, optimizer, batch: dict, settings: PPOSettings) -> dict:
-    """`ppo_epochs` passes over shuffled mini-batches of the rollout. `batch` holds
-    input_ids, attention_mask, mask, logprobs, values, advantages, returns (rollout-time
-    values, no gradient). Returns the mean policy loss, value loss and clip fraction."""
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    response_length = batch["mask"].size(1)
-    stats = []
-    model.train()  # LoRA dropout acts on the updates only
-    for _ in range(settings.ppo_epochs):
-        order = torch.randperm(len(batch["mask"]))
-        for start in range(0, len(order), settings.mini_batch_size):
-            rows = order[start:start + settings.mini_batch_size].to(batch["mask"].device)
-            mb = {key: tensor[rows] for key, tensor in batch.items()}
-            new_logprobs, _, new_values = evaluate_actions(
-                model, mb["input_ids"], mb["attention_mask"], response_length,
-                settings.temperature, value_head)
-            pg_loss, clipfrac = policy_loss(new_logprobs, mb["logprobs"], mb["advantages"],
-                                            mb["mask"], settings.cliprange)
-            vf_loss = value_loss(new_values, mb["values"], mb["returns"], mb["mask"],
-                                 settings.cliprange_value)
-            optimizer.zero_grad()
-            (pg_loss + settings.vf_coef * vf_loss).backward()
-            nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
-            optimizer.step()
-            stats.append((pg_loss.item(), vf_loss.item(), clipfrac.item()))
+def ppo_update(model, value_head, optimizer, batch: dict, settings: PPOSettings,
+               trainable: TrainableParameters | None = None) -> dict:
+    """`ppo_epochs` passes over the rollout in a fresh random order, as TRL 0.11 does it:
+    the order is cut into mini-batches of `mini_batch_size`, and every `gradient_accumulation`
+    of them make one optimizer step, each mini-batch's loss divided by that number. A
+    mini-batch whose mean ratio π/π_old exceeds `ratio_threshold` contributes nothing (its
+    loss is zeroed; it is counted as skipped). Gradients are clipped to `max_grad_norm`
+    (unless null). With `target_kl`, the epochs stop once the last mini-batch's policy KL
+    exceeds 1.5 · target_kl.
+
+    `batch` holds input_ids, attention_mask, mask, logprobs, values, advantages, returns
+    (rollout-time values, no gradient). Returns the mean policy and value loss, clip
+    fractions and ratio over the mini-batches, the largest ratio, the skipped count and how
+    many epochs ran. Dropout stays off: every PPO forward pass runs in eval mode."""
+    trainable = trainable or TrainableParameters(model, value_head)
+    rows, response_length = batch["mask"].shape
+    per_step = settings.mini_batch_size * settings.gradient_accumulation
+    stats, ratio_max, skipped, epochs_run = [], 0.0, 0, 0
     model.eval()
-    policy, value, clip = np.mean(stats, axis=0)
-    return {"policy_loss": float(policy), "value_loss": float(value), "clipfrac": float(clip)}
+    for _ in range(settings.ppo_epochs):
+        epochs_run += 1
+        order = torch.from_numpy(np.random.permutation(rows)).to(batch["mask"].device)
+        for start in range(0, rows, per_step):
+            optimizer.zero_grad()
+            group = order[start:start + per_step]
+            for mb_start in range(0, len(group), settings.mini_batch_size):
+                mb = {key: tensor[group[mb_start:mb_start + settings.mini_batch_size]]
+                      for key, tensor in batch.items()}
+                new_logprobs, _, new_values = evaluate_actions(
+                    model, mb["input_ids"], mb["attention_mask"], response_length,
+                    settings.temperature, value_head)
+                pg_loss, clipfrac = policy_loss(new_logprobs, mb["logprobs"], mb["advantages"],
+                                                mb["mask"], settings.cliprange)
+                vf_loss, vf_clipfrac = value_loss(new_values, mb["values"], mb["returns"],
+                                                  mb["mask"], settings.cliprange_value)
+                with torch.no_grad():
+                    log_ratio = new_logprobs - mb["logprobs"]
+                    ratio = masked_mean(torch.exp(log_ratio), mb["mask"]).item()
+                    ratio_max = max(ratio_max, torch.exp(log_ratio)[mb["mask"] > 0].max().item())
+                    policy_kl = masked_mean(-log_ratio, mb["mask"]).item()
+                loss = pg_loss + settings.vf_coef * vf_loss
+                if settings.ratio_threshold is not None and ratio > settings.ratio_threshold:
+                    loss, pg_loss, vf_loss = loss * 0.0, pg_loss * 0.0, vf_loss * 0.0
+                    skipped += 1
+                (loss / settings.gradient_accumulation).backward()
+                trainable.collect_gradients()
+                stats.append((pg_loss.item(), vf_loss.item(), clipfrac.item(),
+                              vf_clipfrac.item(), ratio))
+            if settings.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(trainable.parameters, settings.max_grad_norm)
+            optimizer.step()
+            trainable.publish()
+        if settings.target_kl is not None and policy_kl > 1.5 * settings.target_kl:
+            break
+    policy, value, clip, value_clip, ratio_mean = np.mean(stats, axis=0)
+    return {"policy_loss": float(policy), "value_loss": float(value), "clipfrac": float(clip),
+            "value_clipfrac": float(value_clip), "ratio_mean": float(ratio_mean),
+            "ratio_max": ratio_max, "skipped_minibatches": skipped, "ppo_epochs_run": epochs_run}
+
+
+@dataclass
+class Learner:
+    """Everything one PPO step changes: the policy, its value head, the optimizer over their
+    fp32 trainable parameters, the KL controller and the running reward moments; and the
+    starting biases the reference policy swaps back in."""
+    model: nn.Module
+    value_head: nn.Module
+    trainable: TrainableParameters
+    optimizer: torch.optim.Optimizer
+    kl_controller: AdaptiveKLController | FixedKLController
+    score_moments: RunningMoments
+    initial_biases: dict[str, torch.Tensor]
+
+
+def make_learner(model, value_head, settings: PPOSettings) -> Learner:
+    trainable = TrainableParameters(model, value_head)
+    kl = settings.kl
+    kl_controller = (AdaptiveKLController(kl.init_kl_coef, kl.target, kl.horizon)
+                     if kl.adaptive else FixedKLController(kl.init_kl_coef))
+    return Learner(model, value_head, trainable, make_optimizer(trainable.parameters, settings),
+                   kl_controller, RunningMoments(), trainable_biases(model))
+
+
+def ppo_step(learner: Learner, sampled: Rollout, score: torch.Tensor,
+             settings: PPOSettings) -> tuple[dict, dict]:
+    """Steps 3-7 for one rollout and its task rewards (`score`, one per sequence): what TRL
+    0.11's `PPOTrainer.step(queries, responses, scores)` does. Returns the step's statistics
+    and its tensors (old and reference log-probabilities, values, rewards, advantages,
+    returns), the latter for the oracle comparison."""
+    model, mask = learner.model, sampled.mask
+    response_length = mask.size(1)
+    logprobs, values = old_policy(model, learner.value_head, sampled, settings)
+
+    # 3. evaluate: the reference policy (adapter off) on the sampled actions, no gradient
+    with torch.no_grad(), reference_policy(model, learner.initial_biases):
+        ref_logprobs, _, _ = evaluate_actions(model, sampled.input_ids, sampled.attention_mask,
+                                              response_length, settings.temperature)
+
+    # 4. shape: KL penalty on every token, the (processed) task reward on the last
+    kl_coef = learner.kl_controller.value
+    rewards = per_token_rewards(process_scores(score, settings, learner.score_moments),
+                                logprobs, ref_logprobs, mask, kl_coef)
+
+    # 5. GAE
+    gae_rewards = masked_whiten(rewards, mask, shift_mean=False) if settings.whiten_rewards \
+        else rewards
+    advantages, returns = compute_gae(gae_rewards, values, mask, settings.gamma, settings.lam)
+    if settings.whiten_advantages:
+        advantages = masked_whiten(advantages, mask)
+
+    # 6. optimise: PPO epochs over shuffled mini-batches
+    update = ppo_update(model, learner.value_head, learner.optimizer, {
+        "input_ids": sampled.input_ids, "attention_mask": sampled.attention_mask, "mask": mask,
+        "logprobs": logprobs, "values": values, "advantages": advantages,
+        "returns": returns}, settings, learner.trainable)
+
+    # 7. KL control, with the mean KL of a whole sequence
+    log_ratio = (ref_logprobs - logprobs) * mask  # log π_ref/π on the real tokens
+    kl = (-log_ratio).sum(dim=1).mean().item()
+    learner.kl_controller.update(kl, len(mask))
+    shaped_return = (rewards * mask).sum(dim=1)
+    k3 = (torch.exp(log_ratio) - 1 - log_ratio) * mask
+    stats = {"kl": kl, "kl_k3": k3.sum(dim=1).mean().item(), "kl_coef": kl_coef,
+             "shaped_return": shaped_return.mean().item(),
+             "shaped_return_std": shaped_return.std(unbiased=False).item(),
+             "explained_variance": explained_variance(values, returns, mask), **update}
+    tensors = {"logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values,
+               "rewards": rewards, "advantages": advantages, "returns": returns}
+    return stats, tensors
 
 
 # ---------------------------------------------------------------- checkpoints and curves
 
-def save_checkpoint(work_dir, step: int, model, value_head, optimizer, kl_controller,
-                    rng: random.Random, curve: list[dict]) -> Path:
+def save_checkpoint(work_dir, step: int, learner: Learner, rng: random.Random,
+                    curve: list[dict]) -> Path:
     folder = Path(work_dir) / f"checkpoint-{step}"
     shutil.rmtree(folder, ignore_errors=True)  # an unsealed leftover of a killed save
-    model.save_pretrained(folder / "adapter")
-    torch.save(value_head.state_dict(), folder / "value_head.pt")
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
-    torch.save({"kl_coef": kl_controller.value, "curve": curve,
+    learner.model.save_pretrained(folder / "adapter")
+    torch.save(learner.value_head.state_dict(), folder / "value_head.pt")
+    torch.save(learner.optimizer.state_dict(), folder / "optimizer.pt")
+    torch.save({"kl_coef": learner.kl_controller.value, "curve": curve,
+                "score_moments": vars(learner.score_moments),
+                "masters": learner.trainable.masters(),
                 "rng": {"python": rng.getstate(), "numpy": np.random.get_state(),
                         "torch": torch.get_rng_state(),
                         "cuda": (torch.cuda.get_rng_state_all()
@@ -404,19 +678,20 @@ def save_checkpoint(work_dir, step: int, model, value_head, optimizer, kl_contro
     return folder
 
 
-def load_checkpoint(folder: Path, model, value_head, optimizer, kl_controller,
-                    rng: random.Random) -> list[dict]:
+def load_checkpoint(folder: Path, learner: Learner, rng: random.Random) -> list[dict]:
     """Restore everything a checkpoint holds into the live objects; returns the curve so far."""
     from peft.utils import load_peft_weights, set_peft_model_state_dict
 
-    device = next(model.parameters()).device
+    device = next(learner.model.parameters()).device
     adapter = load_peft_weights(str(folder / "adapter"), device=str(device))
-    set_peft_model_state_dict(model, adapter)
-    value_head.load_state_dict(torch.load(folder / "value_head.pt", map_location=device))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device))
+    set_peft_model_state_dict(learner.model, adapter)
+    learner.value_head.load_state_dict(torch.load(folder / "value_head.pt", map_location=device))
+    learner.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device))
     # Our own sealed file; RNG states need more than tensors, hence weights_only=False.
     state = torch.load(folder / "trainer_state.pt", weights_only=False)
-    kl_controller.value = state["kl_coef"]
+    learner.kl_controller.value = state["kl_coef"]
+    vars(learner.score_moments).update(state["score_moments"])
+    learner.trainable.load_masters(state["masters"])
     rng.setstate(state["rng"]["python"])
     np.random.set_state(state["rng"]["numpy"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -433,6 +708,20 @@ def task_of(row: dict, default: Task) -> Task:
         benchmark, name = row["task"].split("/")
         return get_task(benchmark, name)
     return default
+
+
+def answer_statistics(tasks: list[Task], texts: list[str], golds: list) -> dict:
+    """What the sampled answers say, read by the evaluation's parser: accuracy (classification
+    rows only: a similarity score is never exactly "correct"), invalid rate, and the share of
+    the most common valid answer (near 1: the policy answers the same whatever the input)."""
+    parsed = [answers.parse_answer(task, text) for task, text in zip(tasks, texts)]
+    correct = [a.valid and a.label == gold
+               for task, a, gold in zip(tasks, parsed, golds) if not task.is_regression]
+    valid = [(task.key, a.label) for task, a in zip(tasks, parsed) if a.valid]
+    return {"accuracy": float(np.mean(correct)) if correct else math.nan,
+            "invalid_rate": float(np.mean([not a.valid for a in parsed])),
+            "majority_share": (Counter(valid).most_common(1)[0][1] / len(valid)
+                               if valid else math.nan)}
 
 
 def train_ppo(model_location: str, rows: list[dict], task: Task | None, adapter_dir, work_dir,
@@ -456,19 +745,14 @@ def _train_ppo(model_location, rows, task, adapter_dir, work_dir, settings, curv
     if not rows:
         raise ValueError("PPO needs labelled prompt rows")
     scheme = reward_scheme or RewardScheme()
-    rng = random.Random(settings.seed)  # draws prompts and response lengths
-    np.random.seed(settings.seed)
+    reward_fn = answers.training_reward(scheme)
+    total = settings.total_steps(len(rows))
+    rng = random.Random(settings.seed)  # draws response lengths
+    np.random.seed(settings.seed)  # mini-batch order
     torch.manual_seed(settings.seed)
     tokenizer = load_tokenizer(model_location)
     model, value_head = build_policy(model_location, settings, seed_adapter)
-    model.eval()
-    initial_biases = trainable_biases(model)  # taken before a resume changes them
-    trainable = [p for p in model.parameters() if p.requires_grad] + list(value_head.parameters())
-    optimizer = make_optimizer(trainable, settings)
-    kl_settings = settings.kl
-    kl_controller = (AdaptiveKLController(kl_settings.init_kl_coef, kl_settings.target,
-                                          kl_settings.horizon)
-                     if kl_settings.adaptive else FixedKLController(kl_settings.init_kl_coef))
+    learner = make_learner(model, value_head, settings)
     curve, start = [], 0
     # Damaged checkpoints newer than the sound one are removed: left in place they would
     # count among the newest two that save_checkpoint keeps, and push sound ones out.
@@ -479,72 +763,44 @@ def _train_ppo(model_location, rows, task, adapter_dir, work_dir, settings, curv
     if checkpoint is not None:
         start = checkpoints.step_of(checkpoint)
         log(f"resuming from {checkpoint} at step {start}")
-        curve = load_checkpoint(checkpoint, model, value_head, optimizer, kl_controller, rng)
+        curve = load_checkpoint(checkpoint, learner, rng)
 
-    progress = tqdm(range(start, settings.steps), initial=start, total=settings.steps,
+    progress = tqdm(range(start, total), initial=start, total=total,
                     desc=f"PPO {task.key if task else 'multi-task'}")
     for step in progress:
-        # 1. rollout: the policy answers a seeded sample of prompts
-        sample = rng.sample(rows, min(settings.prompts_per_step, len(rows)))
+        # 1. rollout: the policy answers this step's prompts
+        sample = [rows[i] for i in prompts_of_step(len(rows), settings.prompts_per_step,
+                                                   settings.seed, step)]
         length = rng.randint(settings.response_length_min, settings.response_length_max)
         with torch.no_grad():
             sampled = rollout(model, tokenizer, [row["prompt"] for row in sample], length,
                               settings, value_head)
-        input_ids, attention_mask, mask = sampled.input_ids, sampled.attention_mask, sampled.mask
-        logprobs, values = sampled.logprobs, sampled.values  # π_old and V, from the rollout
-        response_length = mask.size(1)
 
-        # 2. reward: the finished answers, scored against the gold labels
+        # 2. reward: the finished answers, scored against the gold labels by each row's task
         tasks = [task_of(row, task) for row in sample]
-        parsed = [answers.parse_answer(t, text) for t, text in zip(tasks, sampled.texts)]
-        score = torch.tensor([answers.reward(t, answer, row["label"], scheme)
-                              for t, answer, row in zip(tasks, parsed, sample)],
-                             dtype=torch.float32, device=mask.device)
+        golds = [row["label"] for row in sample]
+        score = torch.tensor([reward_fn(t, text, gold)
+                              for t, text, gold in zip(tasks, sampled.texts, golds)],
+                             dtype=torch.float32, device=sampled.mask.device)
 
-        # 3. evaluate: the reference policy (adapter off) on the sampled actions, no gradient
-        with torch.no_grad():
-            with reference_policy(model, initial_biases):
-                ref_logprobs, _, _ = evaluate_actions(
-                    model, input_ids, attention_mask, response_length, settings.temperature)
+        # 3-7. reference, shaping, GAE, PPO epochs, KL control
+        stats, _ = ppo_step(learner, sampled, score, settings)
 
-        # 4. shape: KL penalty on every token, task reward on the last
-        rewards = per_token_rewards(score, logprobs, ref_logprobs, mask, kl_controller.value)
-
-        # 5. GAE
-        advantages, returns = compute_gae(rewards, values, mask, settings.gamma, settings.lam)
-        if settings.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
-
-        # 6. optimise: PPO epochs over shuffled mini-batches
-        update = ppo_update(model, value_head, optimizer, {
-            "input_ids": input_ids, "attention_mask": attention_mask, "mask": mask,
-            "logprobs": logprobs, "values": values, "advantages": advantages,
-            "returns": returns}, settings)
-
-        # 7. KL control, with the mean KL of a whole sequence
-        kl = ((logprobs - ref_logprobs) * mask).sum(dim=1).mean().item()
-        kl_coef = kl_controller.value
-        kl_controller.update(kl, len(sample))
-
-        # a similarity score is never exactly "correct": STS-B answers have no accuracy
-        correct = [a.valid and a.label == row["label"]
-                   for t, a, row in zip(tasks, parsed, sample) if not t.is_regression]
         curve.append({
             "step": step + 1, "reward": score.mean().item(),
-            "accuracy": float(np.mean(correct)) if correct else float("nan"),
-            "invalid_rate": float(np.mean([not a.valid for a in parsed])),
-            "kl": kl, "kl_coef": kl_coef, "entropy": masked_mean(sampled.entropy, mask).item(),
-            **update, "response_length": mask.sum(dim=1).mean().item()})
-        progress.set_postfix(reward=f"{curve[-1]['reward']:.3f}", kl=f"{kl:.3f}")
+            "reward_std": score.std(unbiased=False).item(),
+            **answer_statistics(tasks, sampled.texts, golds),
+            "entropy": masked_mean(sampled.entropy, sampled.mask).item(),
+            "response_length": sampled.mask.sum(dim=1).mean().item(), **stats})
+        progress.set_postfix(reward=f"{curve[-1]['reward']:.3f}", kl=f"{stats['kl']:.3f}")
         if settings.save_steps and (step + 1) % settings.save_steps == 0:
-            save_checkpoint(work_dir, step + 1, model, value_head, optimizer, kl_controller,
-                            rng, curve)
+            save_checkpoint(work_dir, step + 1, learner, rng, curve)
     progress.close()
 
     save_adapter(model, adapter_dir)
     write_curve_csv(curve, curve_csv, CURVE_COLUMNS)
     if curve_png:
         plot_curves(curve, curve_png, f"PPO on {task.key if task else 'all tasks'}", CURVE_PANELS)
-    log(f"PPO finished {settings.steps} steps; adapter in {adapter_dir}")
-    return {"steps": settings.steps, "resumed_from_step": start if checkpoint else None,
+    log(f"PPO finished {total} steps; adapter in {adapter_dir}")
+    return {"steps": total, "resumed_from_step": start if checkpoint else None,
             "final": curve[-1] if curve else {}, "settings": asdict(settings)}

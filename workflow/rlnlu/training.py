@@ -37,7 +37,7 @@ class LoraSettings:
     lora_dropout: float = 0.05
     lora_rslora: bool = True
     lora_bias: str = "lora_only"
-    lora_target_modules: str | list[str] = "all-linear"
+    lora_target_modules: str | list[str] | None = "all-linear"  # None: PEFT's per model
 
     def lora(self):
         return lora_config(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,

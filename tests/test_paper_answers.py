@@ -282,3 +282,16 @@ def test_a_gold_label_outside_the_task_is_refused():
     with pytest.raises(ValueError, match="'positive' is not a class of glue/rte"):
         reward(get_task("glue", "rte"), "Yes" + T, "positive")
 
+
+
+def test_the_protocols_reward_rule_picks_the_training_reward():
+    """Under the paper's protocol RL trains on the paper's PPO reward, not the suite's."""
+    from rlnlu.answers import RewardScheme, training_reward
+
+    rte = get_task("glue", "rte")
+    paper, suite = training_reward(RewardScheme(rule="paper")), training_reward(RewardScheme())
+    assert paper(rte, " yes </Judgement>", "entailment") == -3.0  # the paper's reward is case-sensitive
+    assert suite(rte, " yes </Judgement>", "entailment") == 1.0
+    assert paper(rte, " Yes or No </Judgement>", "entailment") == -3.0  # both labels
+    with pytest.raises(ValueError, match="reward rule"):
+        training_reward(RewardScheme(rule="other"))

@@ -132,6 +132,9 @@ class RewardScheme:
     # An answer that never closes </Judgement> counts as invalid for the reward (the paper's
     # PPO reward does so; its evaluation parser, like ours, reads unclosed text).
     require_close: bool = False
+    # Whose rule reads the answer: "suite" (the strict parser, with the values above) or
+    # "paper" (the paper's own PPO reward, `paper_answers.reward`, with its fixed values).
+    rule: str = "suite"
 
 
 def reward(task: Task, answer: Answer, gold, scheme: RewardScheme = RewardScheme()) -> float:
@@ -148,6 +151,13 @@ def reward(task: Task, answer: Answer, gold, scheme: RewardScheme = RewardScheme
 def training_reward(scheme: RewardScheme) -> Callable[[Task, str, object], float]:
     """The RL training reward as one callable, `(task, generation, gold) -> float`: the one
     place where the rule that scores a sampled generation is chosen."""
+    if scheme.rule == "paper":
+        from . import paper_answers  # imported here: it builds on this module
+
+        return paper_answers.reward
+    if scheme.rule != "suite":
+        raise ValueError(f"reward rule must be 'suite' or 'paper', not {scheme.rule!r}")
+
     def score(task: Task, generation: str, gold) -> float:
         return reward(task, parse_answer(task, generation), gold, scheme)
 

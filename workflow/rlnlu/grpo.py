@@ -115,14 +115,16 @@ class GRPOSettings(LoraSettings):  # lora_* fields: the paper's LoRA, as in SFT
 
 def reward_function(task: Task, scheme: RewardScheme | None = None):
     """A TRL reward function: `(prompts, completions, label=[...], **kwargs) -> [float]`,
-    scoring each completion with `answers.reward` against its row's gold label. Inside a
+    scoring each completion with the training reward (`answers.training_reward`: the suite's
+    or the paper's rule) against its row's gold label. Inside a
     trainer it also logs the share of sampled answers that are correct (`accuracy`,
     classification only) and unparseable (`invalid_rate`)."""
-    scheme = scheme or RewardScheme()
+    score = answers.training_reward(scheme or RewardScheme())
 
     def label_reward(prompts, completions, label, log_metric=None, **kwargs) -> list[float]:
-        parsed = [answers.parse_answer(task, completion_text(c)) for c in completions]
-        rewards = [answers.reward(task, answer, gold, scheme) for answer, gold in zip(parsed, label)]
+        texts = [completion_text(c) for c in completions]
+        parsed = [answers.parse_answer(task, text) for text in texts]
+        rewards = [score(task, text, gold) for text, gold in zip(texts, label)]
         if log_metric is not None and parsed:
             log_metric("invalid_rate", sum(not a.valid for a in parsed) / len(parsed))
             if not task.is_regression:

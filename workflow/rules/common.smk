@@ -69,6 +69,11 @@ def few_shot_pool(wildcards):
 PAPER_CODE_FILE = "resources/paper_code/prompt.py"
 
 
+def reward_settings():
+    """The reward values of the config and the protocol's reward rule, as one JSON word."""
+    return json_arg(dict(config["reward"], rule=GRID.protocol.reward_rule))
+
+
 def paper_code_input(wildcards):
     return [PAPER_CODE_FILE] if GRID.protocol.paper_prompts else []
 

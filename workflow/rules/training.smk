@@ -103,7 +103,7 @@ rule train_ppo:
         algorithm="ppo",
         options=lambda wildcards, input: rl_train_options(wildcards, input, "ppo"),
         settings=json_arg(GRID.rl_settings("ppo")),
-        reward=json_arg(config["reward"]),
+        reward=reward_settings(),
         work_dir="resources/checkpoints/{model}/{benchmark}/{task}/ppo/seed{seed}",
     shell:
         "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-rl --algorithm {params.algorithm} {params.options} "
@@ -138,7 +138,7 @@ use rule train_ppo as train_ppo_multi with:
         algorithm="ppo",
         options=lambda wildcards, input: rl_train_options(wildcards, input, "ppo_multi"),
         settings=json_arg(GRID.rl_settings("ppo_multi")),
-        reward=json_arg(config["reward"]),
+        reward=reward_settings(),
         work_dir="resources/checkpoints/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}",
 
 
@@ -165,5 +165,5 @@ use rule train_ppo as train_grpo with:
         algorithm="grpo",
         options=lambda wildcards, input: rl_train_options(wildcards, input, "grpo"),
         settings=json_arg(GRID.rl_settings("grpo")),
-        reward=json_arg(config["reward"]),
+        reward=reward_settings(),
         work_dir="resources/checkpoints/{model}/{benchmark}/{task}/grpo/seed{seed}",

@@ -27,6 +27,14 @@ GPU = (
     else ""
 )
 
+# Every job's command starts with this: an earlier log of the same job (a failed attempt that
+# is being retried, or an earlier run) is moved aside to <log>.1, <log>.2, ... (oldest
+# first) instead of being overwritten, so <log> is always the latest attempt's.
+KEEP_EARLIER_LOG = (
+    "if [ -s {log} ]; then n=1; while [ -e {log}.$n ]; do n=$((n + 1)); done; "
+    "mv {log} {log}.$n; fi; "
+)
+
 
 wildcard_constraints:
     model="|".join(map(re.escape, config["model_registry"])),

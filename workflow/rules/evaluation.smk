@@ -26,7 +26,8 @@ rule evaluate:
         ),
         sample=sample_options,
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu evaluate --benchmark {wildcards.benchmark} "
+        KEEP_EARLIER_LOG
+        + "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu evaluate --benchmark {wildcards.benchmark} "
         "--task {wildcards.task} --prompts {input.prompts} --model-location {params.location} "
         "{params.adapters} "
         "--dtype {params.inference[dtype]} --device {params.inference[device]} "
@@ -49,7 +50,8 @@ rule score:
         evaluation=config["evaluation"],
         cell_settings=lambda wildcards: json_arg(GRID.cell_settings(cell_of(wildcards))),
     shell:
-        "python -m rlnlu score --benchmark {wildcards.benchmark} --task {wildcards.task} "
+        KEEP_EARLIER_LOG
+        + "python -m rlnlu score --benchmark {wildcards.benchmark} --task {wildcards.task} "
         "--model {wildcards.model} --method {wildcards.method} --seed {wildcards.seed} "
         "{params.options} --invalid-policy {params.evaluation[invalid_policy]} "
         "--bootstrap-resamples {params.evaluation[bootstrap_resamples]} "
@@ -91,5 +93,6 @@ rule submission:
     params:
         tasks=lambda wildcards: " ".join(t.name for t in submission_tasks(wildcards)),
     shell:
-        "python -m rlnlu submission --benchmark {wildcards.benchmark} --tasks {params.tasks} "
+        KEEP_EARLIER_LOG
+        + "python -m rlnlu submission --benchmark {wildcards.benchmark} --tasks {params.tasks} "
         "--predictions {input} --seed {wildcards.seed} --out {output} > {log} 2>&1"

@@ -26,5 +26,6 @@ rule tables:
     conda:
         "../../envs/conda.yaml"
     shell:
-        "python -m rlnlu tables --benchmark {wildcards.benchmark} --csv {output.csv} "
+        KEEP_EARLIER_LOG
+        + "python -m rlnlu tables --benchmark {wildcards.benchmark} --csv {output.csv} "
         "--markdown {output.markdown} --plot {output.plot} {input} > {log} 2>&1"

@@ -45,9 +45,9 @@ def tiny_budgets(standins: dict[str, str]) -> dict:
         "evaluation": {"max_examples": 6},
         "sft": {**CPU, "max_examples": 8},
         "sft_multi": {"cap_per_task": 8},
-        "ppo": {**CPU, "steps": 2},
+        "ppo": {**CPU, "steps": 2, "prompts_per_step": 4},  # one mini-batch of the paper's size
         "ppo_multi": {"cap_per_task": 8},
-        "grpo": {**CPU, "steps": 2},
+        "grpo": {**CPU, "steps": 2, "prompts_per_step": 4},
     }
 
 
@@ -123,6 +123,36 @@ def tiny_paper(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     config = write_tiny_paper_config(folder)
     registry = yaml.safe_load(config.read_text())["model_registry"]
     return config, {key: entry["path"] for key, entry in registry.items()}
+
+
+@pytest.mark.parametrize("model", ["llama2-7b-chat", "qwen2.5-7b-instruct", "mpt-7b-chat"])
+def test_sft_trains_on_the_tokens_evaluation_reads(tiny_paper, model, tmp_path):
+    """An SFT example is the prompt exactly as evaluation tokenizes it (one BOS where the
+    model has one, whether its chat template writes it or its tokenizer adds it), then the
+    answer and the model's own EOS."""
+    from rlnlu import prompts, sft
+    from rlnlu.generation import needs_special_tokens
+    from rlnlu.models import load_tokenizer
+    from rlnlu.tasks import get_task
+
+    _, standins = tiny_paper
+    task = get_task("glue", "rte")
+    tokenizer = load_tokenizer(standins[model])
+    registry = {**yaml.safe_load((ROOT / "config.yaml").read_text())["model_registry"][model],
+                **paper().get("model_registry", {}).get(model, {})}  # as Snakemake merges them
+    chat = registry.get("chat_template", True)
+    record = {"idx": 0, "label": "entailment",
+              "fields": {"premise": "A man plays.", "hypothesis": "Someone plays."}}
+    prompt = prompts.render(task, record, [], prompts.PromptStyle(shots=0, chat_template=chat),
+                            tokenizer)
+    rows = [{"prompt": prompt, "completion": prompts.completion(task, "entailment")}]
+    trainer = sft.build_trainer(standins[model], rows, tmp_path, sft.SFTSettings(device="cpu"))
+    trained = trainer.train_dataset[0]["input_ids"]
+    read = tokenizer(prompt, add_special_tokens=needs_special_tokens(tokenizer, prompt))["input_ids"]
+    assert trained[:len(read)] == read, (tokenizer.convert_ids_to_tokens(trained[:4]),
+                                         tokenizer.convert_ids_to_tokens(read[:4]))
+    assert trained[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(trained[len(read):-1]) == "Yes</Judgement>"
 
 
 def test_paper_config_names_every_method():

@@ -91,10 +91,11 @@ def cmd_score(args):
 
 
 def _training_rows(rows_by_task: dict[str, list[dict]], settings: dict, seed: int) -> list[dict]:
-    """One task's rows as they are; several tasks mixed by the multi-task rule (which the
-    settings carry as `mixing` and `cap_per_task`, removed here)."""
+    """One task's rows as they are; the tasks of a multi-task method (whose settings carry
+    `mixing` and `cap_per_task`, removed here) mixed by its rule, capped per task also when
+    the benchmark lists a single task."""
     mixing = {key: settings.pop(key) for key in ("mixing", "cap_per_task") if key in settings}
-    if len(rows_by_task) == 1:
+    if len(rows_by_task) == 1 and not mixing:
         return next(iter(rows_by_task.values()))
     from .sft import mix_tasks
 

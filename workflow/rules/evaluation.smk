@@ -26,7 +26,7 @@ rule evaluate:
         ),
         sample=sample_options,
     shell:
-        KEEP_EARLIER_LOG
+        NUMBER_THE_LOG
         + "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu evaluate --benchmark {wildcards.benchmark} "
         "--task {wildcards.task} --prompts {input.prompts} --model-location {params.location} "
         "{params.adapters} "
@@ -50,7 +50,7 @@ rule score:
         evaluation=config["evaluation"],
         cell_settings=lambda wildcards: json_arg(GRID.cell_settings(cell_of(wildcards))),
     shell:
-        KEEP_EARLIER_LOG
+        NUMBER_THE_LOG
         + "python -m rlnlu score --benchmark {wildcards.benchmark} --task {wildcards.task} "
         "--model {wildcards.model} --method {wildcards.method} --seed {wildcards.seed} "
         "{params.options} --invalid-policy {params.evaluation[invalid_policy]} "
@@ -93,6 +93,6 @@ rule submission:
     params:
         tasks=lambda wildcards: " ".join(t.name for t in submission_tasks(wildcards)),
     shell:
-        KEEP_EARLIER_LOG
+        NUMBER_THE_LOG
         + "python -m rlnlu submission --benchmark {wildcards.benchmark} --tasks {params.tasks} "
         "--predictions {input} --seed {wildcards.seed} --out {output} > {log} 2>&1"

@@ -19,7 +19,7 @@ rule render_prompts:
         options=prompt_options,
         train=lambda wildcards, input: f"--train {input.train}" if input.train else "",
     shell:
-        KEEP_EARLIER_LOG
+        NUMBER_THE_LOG
         + "python -m rlnlu render-prompts --benchmark {wildcards.benchmark} --task {wildcards.task} "
         "--records {input.records} {params.train} --model-location {params.location} "
         "{params.options} --out {output} > {log} 2>&1"

@@ -26,6 +26,6 @@ rule tables:
     conda:
         "../../envs/conda.yaml"
     shell:
-        KEEP_EARLIER_LOG
+        NUMBER_THE_LOG
         + "python -m rlnlu tables --benchmark {wildcards.benchmark} --csv {output.csv} "
         "--markdown {output.markdown} --plot {output.plot} {input} > {log} 2>&1"

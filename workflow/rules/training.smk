@@ -31,7 +31,7 @@ rule train_sft:
         settings=json_arg(GRID.sft_settings("sft")),
         work_dir="resources/checkpoints/{model}/{benchmark}/{task}/sft/seed{seed}",
     shell:
-        KEEP_EARLIER_LOG
+        NUMBER_THE_LOG
         + "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-sft --train {input.train} "
         "--model-location {params.location} --settings {params.settings} --seed {wildcards.seed} "
         "--adapter {output.adapter} --work-dir {params.work_dir} --curve-csv {output.curve} "
@@ -72,7 +72,7 @@ rule train_sft_multi:
         ),
         work_dir="resources/checkpoints/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}",
     shell:
-        KEEP_EARLIER_LOG
+        NUMBER_THE_LOG
         + "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-sft {params.train} "
         "--model-location {params.location} --settings {params.settings} --seed {wildcards.seed} "
         "--adapter {output.adapter} --work-dir {params.work_dir} --curve-csv {output.curve} "
@@ -108,7 +108,7 @@ rule train_ppo:
         reward=json_arg(config["reward"]),
         work_dir="resources/checkpoints/{model}/{benchmark}/{task}/ppo/seed{seed}",
     shell:
-        KEEP_EARLIER_LOG
+        NUMBER_THE_LOG
         + "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-rl --algorithm {params.algorithm} {params.options} "
         "--model-location {params.location} --settings {params.settings} "
         "--reward {params.reward} --seed {wildcards.seed} --adapter {output.adapter} "

@@ -164,7 +164,7 @@ def slurm_record(job_id: str) -> dict[str, str]:
 def test_zero_shot_cell_runs_through_sbatch_and_the_run_ends(cluster_workdir):
     log = cluster_workdir / "zero_shot.log"
     session = start_through_slurm(cluster_workdir, [cell_config(cluster_workdir)], [ZERO_SHOT], log)
-    output = wait_for(session, log, timeout=600)
+    output = wait_for(session, log, timeout=900)
 
     cell = json.loads((cluster_workdir / ZERO_SHOT).read_text())
     assert cell["examples"] == 4

@@ -36,6 +36,7 @@ NUMBER_THE_LOG = (
     ": > {log}; ln {log} {log}.$n || true; "
 )
 
+
 wildcard_constraints:
     model="|".join(map(re.escape, config["model_registry"])),
     benchmark="glue|superglue",

@@ -7,4 +7,4 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 snakemake --lint
 snakefmt --check .
-python -m pytest tests -q "$@"
+python -m pytest tests -q -rs "$@"   # -rs: say why each skipped test was skipped

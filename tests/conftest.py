@@ -17,22 +17,29 @@ TINY_SENTENCES = [
 ]
 
 
+def byte_level_bpe(texts, vocab_size: int, special_tokens: list[str]):
+    """A byte-level BPE (as GPT-2, GPT-NeoX and Qwen2 use) trained here on `texts`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return bpe
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A 2-layer, 64-wide Llama with random weights and a byte-level BPE tokenizer trained
     here on a few sentences; `<Judgement>` and `</Judgement>` are single tokens, and the
     tokenizer has separate eos and pad tokens. Returns the folder (a str) to load from."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     folder = tmp_path_factory.mktemp("tiny-llama")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(TINY_SENTENCES, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<pad>", "</s>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe = byte_level_bpe(TINY_SENTENCES, 400, ["<pad>", "</s>"])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>", pad_token="<pad>")
     tokenizer.add_tokens(["<Judgement>", "</Judgement>"])  # whole tokens, kept when decoding
     tokenizer.save_pretrained(folder)
@@ -123,3 +130,121 @@ def random_lora_model(tiny_model_dir):
                     parameter.normal_(0, 0.5)
         return model
     return make
+
+
+# ---- small stand-ins of the paper's three models ----
+
+# Chat templates in the format each real model's tokenizer_config.json carries (Llama 2's
+# [INST]/<<SYS>> turns, Qwen2.5's ChatML); MPT-7B-chat ships none (registry: chat_template false).
+LLAMA2_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = '<<SYS>>\\n' + messages[0]['content'] + '\\n<</SYS>>\\n\\n' %}"
+    "{% else %}{% set loop_messages = messages %}{% set system_message = '' %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}"
+    "{% if loop.index0 == 0 %}{% set content = system_message + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}")
+CHATML_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def corpus_lines(paths) -> list[str]:
+    """Text to train a stand-in's tokenizer on: the prompts' own words and the task files."""
+    from rlnlu import prompts
+
+    lines = [*TINY_SENTENCES, prompts.SYSTEM]
+    for path in paths:
+        lines += Path(path).read_text(encoding="utf-8").splitlines()
+    return lines
+
+
+def write_paper_standins(folder: Path, corpus: list[str]) -> dict[str, str]:
+    """Tiny random stand-ins of the paper's models, each a hub-style folder (config, weights,
+    generation config, tokenizer) as `hf download` leaves it, keyed by the paper registry's
+    names. Each keeps what sets its real model apart:
+      - llama2-7b-chat: Llama, SentencePiece-style tokenizer that adds <s>, no pad token,
+        untied embeddings, the [INST] chat template;
+      - qwen2.5-7b-instruct: Qwen2 (q/k/v projections with biases), byte-level BPE without a
+        BOS, eos <|im_end|> and pad <|endoftext|>, ChatML;
+      - mpt-7b-chat: MPT (ALiBi, fused Wqkv, no biases), GPT-NeoX-style tokenizer whose bos,
+        eos and unk are all <|endoftext|> and which has no pad token, no chat template, and a
+        config.json whose auto_map names remote code that is not there (loading must use
+        transformers' own MPT class, never trust_remote_code)."""
+    import json
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import (GenerationConfig, LlamaConfig, LlamaForCausalLM, MptConfig,
+                              MptForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
+                              Qwen2ForCausalLM)
+
+    sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                 tie_word_embeddings=False)
+    made = {}
+
+    # Llama 2: BPE over "▁"-marked words (SentencePiece style), <s> prepended on encoding.
+    spm = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    spm.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    spm.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    spm.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=1200, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    spm.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    llama_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=spm, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        chat_template=LLAMA2_CHAT_TEMPLATE)
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(llama_tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=None,
+        **sizes))
+    made["llama2-7b-chat"] = (llama, llama_tokenizer,
+                              GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0))
+
+    # Qwen2.5: byte-level BPE, no BOS, ChatML; the model stops at <|im_end|> or <|endoftext|>.
+    qwen_bpe = byte_level_bpe(corpus, 1200, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    qwen_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=qwen_bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        chat_template=CHATML_TEMPLATE)
+    endoftext, im_end = qwen_tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    torch.manual_seed(0)
+    qwen = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(qwen_tokenizer), bos_token_id=endoftext, eos_token_id=endoftext, **sizes))
+    assert qwen.model.layers[0].self_attn.q_proj.bias is not None  # Qwen2's q/k/v biases
+    made["qwen2.5-7b-instruct"] = (qwen, qwen_tokenizer, GenerationConfig(
+        bos_token_id=endoftext, eos_token_id=[im_end, endoftext], pad_token_id=endoftext))
+
+    # MPT-7B: GPT-NeoX's byte-level BPE with one <|endoftext|> for bos/eos/unk and no pad.
+    neox_bpe = byte_level_bpe(corpus, 1200, ["<|endoftext|>", "<|padding|>"])
+    mpt_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=neox_bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>")
+    torch.manual_seed(0)
+    mpt = MptForCausalLM(MptConfig(
+        vocab_size=len(mpt_tokenizer), d_model=64, n_heads=4, n_layers=2, expansion_ratio=2,
+        max_seq_len=2048, no_bias=True, bos_token_id=0, eos_token_id=0))
+    made["mpt-7b-chat"] = (mpt, mpt_tokenizer, GenerationConfig(bos_token_id=0, eos_token_id=0))
+
+    folders = {}
+    for key, (model, tokenizer, generation_config) in made.items():
+        target = folder / key
+        model.generation_config = generation_config
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        folders[key] = str(target)
+    config_path = folder / "mpt-7b-chat" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_mpt.MPTConfig",
+                          "AutoModelForCausalLM": "modeling_mpt.MPTForCausalLM"}
+    config_path.write_text(json.dumps(config, indent=2))
+    return folders

@@ -123,6 +123,13 @@ def test_slurm_resources_grow_with_each_attempt():
     assert profile["set-resource-scopes"] == {"gpu": "local"}
 
 
+def test_slurm_status_command_works_without_accounting():
+    """The plugin's default, sacct, never sees a job finish on a cluster without an
+    accounting database, and the run waits forever (tests/test_slurm_cluster.py shows it on a
+    real cluster); squeue works on clusters with and without one."""
+    assert load(ROOT / "profiles" / "slurm" / "config.yaml")["slurm-status-command"] == "squeue"
+
+
 # ---- the SLURM profile against the workflow ----
 
 @needs_slurm_plugin

@@ -104,12 +104,13 @@ def cmd_score(args):
 
 
 def _training_rows(rows_by_task: dict[str, list[dict]], settings: dict, seed: int) -> list[dict]:
-    """One task's rows as they are; several tasks mixed by the multi-task rule (which the
-    settings carry as `sft.MIXING_KEYS`, removed here)."""
+    """One task's rows as they are; the tasks of a multi-task method (whose settings carry
+    `sft.MIXING_KEYS`, removed here) mixed by its rule, capped per task also when the
+    benchmark lists a single task."""
     from .sft import MIXING_KEYS, mix_tasks
 
     mixing = {key: settings.pop(key) for key in MIXING_KEYS if key in settings}
-    if len(rows_by_task) == 1:
+    if len(rows_by_task) == 1 and not mixing:
         return next(iter(rows_by_task.values()))
     return mix_tasks(rows_by_task, mixing.pop("mixing", "upsample"), seed, **mixing)
 

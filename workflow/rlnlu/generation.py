@@ -22,6 +22,20 @@ def _decoding_options(decoding: Decoding) -> dict:
     return dict(do_sample=False, temperature=None, top_p=None, top_k=None)
 
 
+def adds_bos(tokenizer) -> bool:
+    ids = tokenizer("a")["input_ids"]
+    return tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id]
+
+
+def trl_prompt(tokenizer, prompt: str) -> str:
+    """The prompt as TRL's trainers (SFT, GRPO) must receive it to tokenize it as evaluation
+    does: TRL always adds special tokens, so a prompt that already carries its BOS text (a
+    chat template wrote it, as Llama 2's does) drops it when the tokenizer adds a BOS itself."""
+    if not needs_special_tokens(tokenizer, prompt) and adds_bos(tokenizer):
+        return prompt[len(tokenizer.bos_token):]
+    return prompt
+
+
 @torch.inference_mode()
 def generate_answers(model, tokenizer, prompts: list[str], batch_size: int = 8,
                      max_new_tokens: int = 16, desc: str = "generating",

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from . import answers
 from .answers import RewardScheme
-from .generation import needs_special_tokens
+from .generation import trl_prompt
 from .models import load_model, load_tokenizer, resolve_device, resolve_dtype
 from .tasks import Task
 from .training import (LoraSettings, check_trainer_settings, common_trainer_args,
@@ -142,20 +142,6 @@ def completion_text(completion) -> str:
 
 
 # ---------------------------------------------------------------- data and trainer
-
-def adds_bos(tokenizer) -> bool:
-    ids = tokenizer("a")["input_ids"]
-    return tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id]
-
-
-def trl_prompt(tokenizer, prompt: str) -> str:
-    """The prompt as TRL must receive it to tokenize it as evaluation does: TRL always adds
-    special tokens, so a prompt that already carries its BOS text drops it when the
-    tokenizer would add a BOS itself."""
-    if not needs_special_tokens(tokenizer, prompt) and adds_bos(tokenizer):
-        return prompt[len(tokenizer.bos_token):]
-    return prompt
-
 
 def training_dataset(rows: list[dict], tokenizer):
     """The prompt-only dataset GRPOTrainer expects, with the gold `label` column beside it."""

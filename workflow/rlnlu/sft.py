@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .files import exclusive_lock
+from .generation import trl_prompt
 from .models import load_tokenizer, resolve_device, resolve_dtype
 from .training import (LoraSettings, check_trainer_settings, common_trainer_args,
                        curve_from_log_history, plot_curves, run_fingerprint,
@@ -101,8 +102,9 @@ def _subsample(rows: list[dict], limit: int | None, rng: random.Random) -> list[
     return [rows[i] for i in sorted(rng.sample(range(len(rows)), limit))]
 
 
-def training_dataset(rows: list[dict]):
-    """The prompt/completion dataset TRL expects; other row keys (idx, label, ...) are dropped."""
+def training_dataset(rows: list[dict], tokenizer):
+    """The prompt/completion dataset TRL expects, prompts as TRL must get them to tokenize them
+    as evaluation does (`trl_prompt`); other row keys (idx, label, ...) are dropped."""
     from datasets import Dataset
 
     unlabelled = sum(1 for row in rows if "completion" not in row)
@@ -111,7 +113,8 @@ def training_dataset(rows: list[dict]):
     if not rows:
         raise ValueError("no training rows")
     # Under the paper's protocol SFT has prompts of its own, worded unlike evaluation's.
-    return Dataset.from_dict({"prompt": [row.get("sft_prompt", row["prompt"]) for row in rows],
+    return Dataset.from_dict({"prompt": [trl_prompt(tokenizer, row.get("sft_prompt", row["prompt"]))
+                                         for row in rows],
                               "completion": [row["completion"] for row in rows]})
 
 
@@ -140,7 +143,8 @@ def build_trainer(model_location: str, rows: list[dict], work_dir, settings: SFT
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    dataset = training_dataset(rows)
+    tokenizer = load_tokenizer(model_location)
+    dataset = training_dataset(rows, tokenizer)
     log.info("SFT of %s on %d examples, device %s, dtype %s, settings %s",
              model_location, len(rows), device, dtype, asdict(settings))
     set_seed(settings.seed)
@@ -148,7 +152,7 @@ def build_trainer(model_location: str, rows: list[dict], work_dir, settings: SFT
         model=AutoModelForCausalLM.from_pretrained(model_location, dtype=dtype),
         args=trainer_config(settings, Path(work_dir), device, dtype),
         train_dataset=dataset,
-        processing_class=load_tokenizer(model_location),
+        processing_class=tokenizer,
         peft_config=settings.lora(),
         callbacks=[sealing_callback()],
     )

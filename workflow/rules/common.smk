@@ -27,6 +27,15 @@ GPU = (
     else ""
 )
 
+# Every job's command starts with this: its log also gets a numbered name, <log>.1 on the
+# first attempt, <log>.2 on the next (a retry, or a later run), as a hard link to the same
+# file. Snakemake deletes <log> before it reruns a job; the numbered name keeps that file, so
+# a failed attempt's log survives its retry. (Without hard links the job runs unnumbered.)
+NUMBER_THE_LOG = (
+    "n=1; while [ -e {log}.$n ]; do n=$((n + 1)); done; "
+    ": > {log}; ln {log} {log}.$n || true; "
+)
+
 
 wildcard_constraints:
     model="|".join(map(re.escape, config["model_registry"])),

@@ -12,6 +12,7 @@ rule prepare_data:
         source=config["data"]["source"],
         local_dir=lambda wildcards: shlex.quote(str(config["data"]["local_dir"] or "")),
     shell:
-        "python -m rlnlu prepare-data --benchmark {wildcards.benchmark} --task {wildcards.task} "
+        NUMBER_THE_LOG
+        + "python -m rlnlu prepare-data --benchmark {wildcards.benchmark} --task {wildcards.task} "
         "--split {wildcards.split} --source {params.source} --local-dir {params.local_dir} "
         "--out {output} > {log} 2>&1"

@@ -27,7 +27,8 @@ rule evaluate:
         sample=sample_options,
         protocol=config["protocol"],
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu evaluate --benchmark {wildcards.benchmark} "
+        NUMBER_THE_LOG
+        + "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu evaluate --benchmark {wildcards.benchmark} "
         "--task {wildcards.task} --prompts {input.prompts} --model-location {params.location} "
         "{params.adapters} "
         "--dtype {params.inference[dtype]} --device {params.inference[device]} "
@@ -52,7 +53,8 @@ rule score:
         cell_settings=lambda wildcards: json_arg(GRID.cell_settings(cell_of(wildcards))),
         protocol=config["protocol"],
     shell:
-        "python -m rlnlu score --benchmark {wildcards.benchmark} --task {wildcards.task} "
+        NUMBER_THE_LOG
+        + "python -m rlnlu score --benchmark {wildcards.benchmark} --task {wildcards.task} "
         "--model {wildcards.model} --method {wildcards.method} --seed {wildcards.seed} "
         "{params.options} --invalid-policy {params.evaluation[invalid_policy]} "
         "--protocol {params.protocol} "
@@ -96,5 +98,6 @@ rule submission:
     params:
         tasks=lambda wildcards: " ".join(t.name for t in submission_tasks(wildcards)),
     shell:
-        "python -m rlnlu submission --benchmark {wildcards.benchmark} --tasks {params.tasks} "
+        NUMBER_THE_LOG
+        + "python -m rlnlu submission --benchmark {wildcards.benchmark} --tasks {params.tasks} "
         "--predictions {input} --seed {wildcards.seed} --out {output} > {log} 2>&1"

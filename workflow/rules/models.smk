@@ -17,5 +17,6 @@ rule convert_embedded_model:
             "gguf_file"
         ],
     shell:
-        "python -m rlnlu convert-model --package {params.package} --gguf-file {params.gguf_file} "
+        NUMBER_THE_LOG
+        + "python -m rlnlu convert-model --package {params.package} --gguf-file {params.gguf_file} "
         "--out {output} > {log} 2>&1"

@@ -14,7 +14,8 @@ rule obtain_paper_code:
     params:
         local_copy=paper_code_option,
     shell:
-        "python -m rlnlu obtain-paper-code {params.local_copy} --out {output} > {log} 2>&1"
+        NUMBER_THE_LOG
+        + "python -m rlnlu obtain-paper-code {params.local_copy} --out {output} > {log} 2>&1"
 
 
 rule render_prompts:
@@ -37,6 +38,7 @@ rule render_prompts:
             f"--paper-prompts {input.paper_code}" if input.paper_code else ""
         ),
     shell:
-        "python -m rlnlu render-prompts --benchmark {wildcards.benchmark} --task {wildcards.task} "
+        NUMBER_THE_LOG
+        + "python -m rlnlu render-prompts --benchmark {wildcards.benchmark} --task {wildcards.task} "
         "--records {input.records} {params.train} --model-location {params.location} "
         "{params.options} {params.paper_code} --out {output} > {log} 2>&1"

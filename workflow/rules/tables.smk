@@ -33,6 +33,7 @@ rule tables:
     conda:
         "../../envs/conda.yaml"
     shell:
-        "python -m rlnlu tables --benchmark {wildcards.benchmark} --csv {output.csv} "
+        NUMBER_THE_LOG
+        + "python -m rlnlu tables --benchmark {wildcards.benchmark} --csv {output.csv} "
         "--markdown {output.markdown} --plot {output.plot} --parser-csv {output.parser_csv} "
         "--parser-markdown {output.parser_markdown} {input} > {log} 2>&1"

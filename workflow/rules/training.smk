@@ -31,7 +31,8 @@ rule train_sft:
         settings=json_arg(GRID.sft_settings("sft")),
         work_dir="resources/checkpoints/{model}/{benchmark}/{task}/sft/seed{seed}",
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-sft --train {input.train} "
+        NUMBER_THE_LOG
+        + "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-sft --train {input.train} "
         "--model-location {params.location} --settings {params.settings} --seed {wildcards.seed} "
         "--adapter {output.adapter} --work-dir {params.work_dir} --curve-csv {output.curve} "
         "--curve-png {output.plot} > {log} 2>&1"
@@ -71,7 +72,8 @@ rule train_sft_multi:
         ),
         work_dir="resources/checkpoints/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}",
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-sft {params.train} "
+        NUMBER_THE_LOG
+        + "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-sft {params.train} "
         "--model-location {params.location} --settings {params.settings} --seed {wildcards.seed} "
         "--adapter {output.adapter} --work-dir {params.work_dir} --curve-csv {output.curve} "
         "--curve-png {output.plot} > {log} 2>&1"
@@ -106,7 +108,8 @@ rule train_ppo:
         reward=reward_settings(),
         work_dir="resources/checkpoints/{model}/{benchmark}/{task}/ppo/seed{seed}",
     shell:
-        "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-rl --algorithm {params.algorithm} {params.options} "
+        NUMBER_THE_LOG
+        + "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-rl --algorithm {params.algorithm} {params.options} "
         "--model-location {params.location} --settings {params.settings} "
         "--reward {params.reward} --seed {wildcards.seed} --adapter {output.adapter} "
         "--work-dir {params.work_dir} --curve-csv {output.curve} --curve-png {output.plot} "

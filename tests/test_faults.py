@@ -297,8 +297,8 @@ def run_until_paused_then_kill(workdir: Path, config: Path, target: str, pausing
     env = job_env(RLNLU_FAULT_PAUSE=json.dumps(dict(pause, marker=str(marker))),
                   PATH=f"{pausing_bin}{os.pathsep}{job_env()['PATH']}")
     with open(workdir / "session.log", "w") as log_file:
-        session = subprocess.Popen(snakemake_command(workdir, "--cores", "1", "--", target, config=config), env=env,
-                                   stdout=log_file, stderr=subprocess.STDOUT,
+        command = snakemake_command(workdir, "--cores", "1", "--", target, config=config)
+        session = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         deadline = time.monotonic() + 300
         while not marker.exists():
@@ -796,8 +796,8 @@ def test_second_workflow_on_the_same_folder_is_refused_by_the_lock(tmp_path, tin
     env = job_env(RLNLU_FAULT_PAUSE=json.dumps({"command": "prepare-data", "at": "start",
                                                 "marker": str(marker)}),
                   PATH=f"{pausing_bin}{os.pathsep}{job_env()['PATH']}")
-    first = subprocess.Popen(snakemake_command(tmp_path, "--cores", "1", "--", CELL, config=config), env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    command = snakemake_command(tmp_path, "--cores", "1", "--", CELL, config=config)
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -927,4 +927,4 @@ def test_second_training_job_on_the_same_work_folder_stops_at_once_naming_it(
     finally:
         holder.kill()
         holder.wait()
-    assert cli.main(argv_with(tiny_model_dir)) == 0  # the holder gone (even killed), the lock is free
+    assert cli.main(argv_with(tiny_model_dir)) == 0  # the holder gone (even killed): lock free

@@ -128,8 +128,8 @@ def _metrics_by_seed(benchmark: str, cells: list[dict]) -> dict[int, dict[str, d
     by_seed: dict[int, dict] = defaultdict(dict)
     for cell in cells:
         if cell["status"] == "ok":
-            by_seed[cell["seed"]][cell["task"]] = {
-                metric: cell["metrics"][metric] for metric in get_task(benchmark, cell["task"]).metrics}
+            metrics = get_task(benchmark, cell["task"]).metrics
+            by_seed[cell["seed"]][cell["task"]] = {m: cell["metrics"][m] for m in metrics}
     return by_seed
 
 

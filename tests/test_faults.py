@@ -284,8 +284,9 @@ def pausing_bin(tmp_path_factory) -> Path:
 
 
 def snakemake(workdir: Path, config: Path | None, *args: str, **options):
-    """On one core, as the jobs' kill points assume."""
-    return workflow_runs.snakemake(workdir, "--cores", "1", *args, config=config, **options)
+    """On one core, as the jobs' kill points assume; a hung run fails after 10 minutes."""
+    return workflow_runs.snakemake(workdir, "--cores", "1", *args, config=config, timeout=600,
+                                   **options)
 
 
 def run_until_paused_then_kill(workdir: Path, config: Path, target: str, pausing_bin: Path,

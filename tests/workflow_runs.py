@@ -37,7 +37,7 @@ def snakemake_command(workdir: Path, *args: str, config: Path | None = None) -> 
 
 
 def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True,
-              timeout: float = 600, **env) -> subprocess.CompletedProcess:
+              timeout: float | None = None, **env) -> subprocess.CompletedProcess:
     """Run Snakemake to its end (`env` adds to `job_env`); fail with its output unless it
     succeeds or `check` is off."""
     result = subprocess.run(snakemake_command(workdir, *args, config=config),

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from rlnlu import files
-from rlnlu.data import DataError, MissingDataError, has_local_data, load_split, write_split
+from rlnlu.data import (DataError, MissingDataError, load_split, missing_data_message,
+                        write_split)
 from rlnlu.tasks import get_task
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -107,8 +108,8 @@ def test_real_superglue_rte_matches_glue_rte():
 @needs_real
 def test_train_split_follows_train_from():
     assert load_split(task_of("superglue/axb"), "train", "local", REAL) == real("superglue/rte", "train")
-    assert has_local_data(task_of("superglue/axg"), "train", REAL)
-    assert not has_local_data(task_of("glue/qnli"), "train", REAL)
+    assert missing_data_message(task_of("superglue/axg"), "train", REAL) is None
+    assert missing_data_message(task_of("glue/qnli"), "train", REAL)
 
 
 # ---------------------------------------------------------------- official-format files written here
@@ -148,7 +149,7 @@ def test_mnli_from_glue_data_folder(tmp_path):
     assert load_split(m, "validation", "local", tmp_path)[0]["fields"]["premise"] == "A cat sat."
     assert load_split(m, "test", "local", tmp_path) == [
         {"idx": 0, "label": None, "fields": {"premise": "Hi.", "hypothesis": "Hello."}}]
-    assert not has_local_data(mm, "test", tmp_path)
+    assert missing_data_message(mm, "test", tmp_path)
 
 
 def test_qqp_uses_its_id_column(tmp_path):
@@ -286,7 +287,7 @@ def test_split_without_data_is_missing(key, split, source, local_dir):
     with pytest.raises(MissingDataError) as raised:
         load_split(task_of(key), split, source, local_dir)
     assert key in str(raised.value) and split in str(raised.value)
-    assert not has_local_data(task_of(key), split, local_dir)
+    assert missing_data_message(task_of(key), split, local_dir)
 
 
 def test_unknown_source_is_rejected():

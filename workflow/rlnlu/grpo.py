@@ -44,6 +44,7 @@ from pathlib import Path
 
 from . import answers
 from .answers import RewardScheme
+from .files import exclusive_lock
 from .generation import trl_prompt
 from .models import load_model, load_tokenizer, resolve_device, resolve_dtype
 from .tasks import Task
@@ -235,11 +236,13 @@ def train_grpo(model_location: str, rows: list[dict], task: Task, adapter_dir, w
     Returns a summary: steps, the last step's curve row, prompts, wall seconds, resumed step.
     """
     started = time.monotonic()
-    trainer = build_trainer(model_location, rows, task, work_dir, settings, seed_adapter,
-                            reward_scheme)
-    fingerprint = run_fingerprint(model_location, rows, settings, task.key, seed_adapter,
-                                  reward_scheme or RewardScheme())
-    resumed_from_step = train_and_save_adapter(trainer, work_dir, adapter_dir, fingerprint, log)
+    with exclusive_lock(work_dir, "training job"):  # before loading: a second job fails fast
+        trainer = build_trainer(model_location, rows, task, work_dir, settings, seed_adapter,
+                                reward_scheme)
+        fingerprint = run_fingerprint(model_location, rows, settings, task.key, seed_adapter,
+                                      reward_scheme or RewardScheme())
+        resumed_from_step = train_and_save_adapter(trainer, work_dir, adapter_dir, fingerprint,
+                                                   log)
 
     # A value the trainer did not log (kl when beta is 0, accuracy for STS-B) is left empty.
     curve = curve_from_log_history(trainer.state.log_history, CURVE_SOURCES, logged_with="reward")

@@ -13,8 +13,6 @@ from pathlib import Path
 
 PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "snakemake", "scikit-learn",
             "scipy", "numpy")
-# Fields that legitimately differ between two runs of the same cell.
-TIMING_FIELDS = ("wall_seconds", "peak_memory_mb", "peak_gpu_memory_mb")
 
 
 def settings_hash(settings: dict) -> str:
@@ -65,12 +63,3 @@ def peak_memory() -> dict[str, float]:
 def run_record(device: str, wall_seconds: float) -> dict:
     return {"device": device_description(device), "packages": package_versions(),
             "wall_seconds": round(wall_seconds, 2), **peak_memory()}
-
-
-def without_timing(record):
-    """A metrics record with its timing fields removed, for reproducibility comparisons."""
-    if isinstance(record, dict):
-        return {k: without_timing(v) for k, v in record.items() if k not in TIMING_FIELDS}
-    if isinstance(record, list):
-        return [without_timing(v) for v in record]
-    return record

@@ -12,8 +12,9 @@ from .tasks import get_task, tasks_of
 
 
 def plot_scores(benchmark: str, metric_files: list[str], out_png: str) -> None:
-    """Grouped bars: tasks on the x axis, one bar per (model, method), 95% bootstrap
-    intervals as error bars; the paper's reference averages as dashed lines."""
+    """Grouped bars: tasks on the x axis, one bar per (model, method) (the mean over seeds),
+    95% bootstrap intervals as error bars, and with several seeds a dot per seed, so their
+    spread shows; the paper's reference averages as dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,13 +42,17 @@ def plot_scores(benchmark: str, metric_files: list[str], out_png: str) -> None:
             errors[0].append(max(0.0, mean - low) if cells else 0)
             errors[1].append(max(0.0, high - mean) if cells else 0)
         ax.bar(x, means, width, yerr=errors, capsize=2, label=" / ".join(key))
+        for position, task in zip(x, tasks):
+            seeds = [c["score"] for c in by_task.get(task, [])]
+            if len(seeds) > 1:
+                ax.plot([position] * len(seeds), seeds, "k.", markersize=3, zorder=3)
     reference = pd.read_csv(REFERENCE_FILE)
     for _, row in reference[reference["benchmark"] == benchmark].iterrows():
         ax.axhline(row["average_paper"], ls="--", lw=0.8, color="grey")
         ax.text(len(tasks) - 0.5, row["average_paper"], f" {row['model']} {row['method']} (paper)",
                 fontsize=6, va="center", ha="left", color="grey")
     ax.set_xticks(np.arange(len(tasks)), [get_task(benchmark, t).title for t in tasks])
-    ax.set_ylabel("task score (mean of its metrics), 95% CI")
+    ax.set_ylabel("task score (mean of its metrics), 95% CI; dots: seeds")
     ax.set_title(f"{benchmark.upper()}: scores per task and method")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()

@@ -10,6 +10,9 @@ Two averages, each named for its rule:
   follow): the mean of nine numbers, MNLI-m and MNLI-mm accuracy apart, QQP F1, STS-B
   Spearman, MRPC F1, CoLA MCC, SST-2, QNLI and RTE accuracy; WNLI and AX left out.
   `numbers_in_average_paper` says how many of the nine it covers.
+A row with several seeds shows each number's mean over them, and beside it, in a column
+named with `_sd`, their standard deviation (ddof 1; an average's over its per-seed values);
+the Markdown table writes the two as 'mean ± sd'.
 A task without data is shown as 'no data' and left out, so partial averages are never
 mistaken for full ones. The paper's reference rows are GLUE test-server numbers, while
 this suite's cells are scored on the dev splits.
@@ -30,6 +33,7 @@ from .metrics import METRIC_TITLES
 from .tasks import get_task, tasks_of
 
 NO_DATA = "no data"
+SD = "_sd"  # the suffix of a column's standard deviation over seeds
 REFERENCE_FILE = Path(__file__).resolve().parents[1] / "resources" / "paper_reference.csv"
 
 
@@ -83,6 +87,7 @@ def benchmark_table(benchmark: str, cells: list[dict]) -> pd.DataFrame:
                 column = f"{task.name}_{METRIC_TITLES[metric]}"
                 row[column] = (round(float(np.mean([c["metrics"][metric] for c in finished])), 2)
                                if finished else NO_DATA)
+                _add_sd(row, column, [c["metrics"][metric] for c in finished])
             if not finished:
                 continue
             metrics_by_task[task.name] = {metric: float(np.mean([c["metrics"][metric]
@@ -95,13 +100,37 @@ def benchmark_table(benchmark: str, cells: list[dict]) -> pd.DataFrame:
         if benchmark in PAPER_AVERAGE_NUMBERS:
             row["average_paper"], row["numbers_in_average_paper"] = average_paper(
                 benchmark, metrics_by_task)
+        for column, average in (("average_leaderboard", average_leaderboard),
+                                ("average_paper", average_paper)):
+            if column in row:
+                _add_sd(row, column, [average(benchmark, by_task)[0] for by_task in
+                                      _metrics_by_seed(benchmark, members).values()])
         row["examples"] = examples
         row["invalid_rate"] = round(invalid_weighted / examples, 2) if examples else NO_DATA
         rows.append(row)
     table = pd.DataFrame(rows)
+    table = table[[name for column in table.columns if not column.endswith(SD)
+                   for name in (column, column + SD) if name in table.columns]]
     reference = pd.read_csv(REFERENCE_FILE)
     reference = reference[reference["benchmark"] == benchmark].drop(columns="benchmark")
     return pd.concat([table, reference], ignore_index=True)
+
+
+def _add_sd(row: dict, column: str, values: list) -> None:
+    """`column`'s standard deviation over seeds, when there are several to spread."""
+    values = [v for v in values if v != NO_DATA]
+    if len(values) > 1:
+        row[column + SD] = round(float(np.std(values, ddof=1)), 2)
+
+
+def _metrics_by_seed(benchmark: str, cells: list[dict]) -> dict[int, dict[str, dict]]:
+    """seed -> task -> its metrics, from a row's finished cells."""
+    by_seed: dict[int, dict] = defaultdict(dict)
+    for cell in cells:
+        if cell["status"] == "ok":
+            metrics = get_task(benchmark, cell["task"]).metrics
+            by_seed[cell["seed"]][cell["task"]] = {m: cell["metrics"][m] for m in metrics}
+    return by_seed
 
 
 def parser_effect_table(benchmark: str, cells: list[dict]) -> pd.DataFrame:
@@ -129,7 +158,13 @@ def parser_effect_table(benchmark: str, cells: list[dict]) -> pd.DataFrame:
 def _write(table: pd.DataFrame, csv_path, md_path) -> None:
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp, index=False)
-    write_text(md_path, table.astype(object).fillna("").to_markdown(index=False) + "\n")
+    shown = table.astype(object).fillna("")
+    for sd in (column for column in table.columns if column.endswith(SD)):
+        mean, spread = sd.removesuffix(SD), table[sd].notna()
+        shown.loc[spread, mean] = [f"{m} ± {s}" for m, s in zip(table.loc[spread, mean],
+                                                                 table.loc[spread, sd])]
+        shown = shown.drop(columns=sd)
+    write_text(md_path, shown.to_markdown(index=False) + "\n")
 
 
 def write_tables(benchmark: str, metric_files: list[str], csv_path: str, md_path: str,

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-BENCHMARKS = ("glue", "superglue")
-SPLITS = ("train", "validation", "test")
-
 
 @dataclass(frozen=True)
 class Task:

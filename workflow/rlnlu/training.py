@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from . import checkpoints
-from .files import atomic_dir, atomic_path, exclusive_lock, read_json, write_json
+from .files import atomic_dir, atomic_path, read_json, write_json
 from .models import lora_config
 
 log = logging.getLogger(__name__)
@@ -160,20 +160,20 @@ def train_and_save_adapter(trainer, work_dir, adapter_dir, fingerprint: str,
                            method_log: logging.Logger) -> int | None:
     """Train from the newest sealed checkpoint of this run (`fingerprint`) in `work_dir`, or
     from the start, then save the adapter as a PEFT folder in `adapter_dir`. Returns the
-    step resumed from, or None. Where it starts is logged to `method_log`."""
-    with exclusive_lock(work_dir, "training job"):  # one job per work folder
-        resume_from = resume_point(Path(work_dir), fingerprint)
-        if resume_from is None:
-            method_log.info("no sealed checkpoint in %s; training from the start", work_dir)
-        else:
-            method_log.info("resuming from %s at step %d",
-                            resume_from, checkpoints.step_of(resume_from))
-        if resume_from is not None and restore_if_finished(trainer, resume_from):
-            method_log.info("%s is the end of training; saving its adapter", resume_from)
-        else:
-            # An explicit path (or None) keeps the Trainer from choosing a checkpoint itself.
-            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        save_adapter(trainer.model, adapter_dir)
+    step resumed from, or None. Where it starts is logged to `method_log`. The caller holds
+    `work_dir`'s lock (`files.exclusive_lock`), taken before it loads the model."""
+    resume_from = resume_point(Path(work_dir), fingerprint)
+    if resume_from is None:
+        method_log.info("no sealed checkpoint in %s; training from the start", work_dir)
+    else:
+        method_log.info("resuming from %s at step %d",
+                        resume_from, checkpoints.step_of(resume_from))
+    if resume_from is not None and restore_if_finished(trainer, resume_from):
+        method_log.info("%s is the end of training; saving its adapter", resume_from)
+    else:
+        # An explicit path (or None) keeps the Trainer from choosing a checkpoint itself.
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    save_adapter(trainer.model, adapter_dir)
     return checkpoints.step_of(resume_from) if resume_from else None
 
 

@@ -42,7 +42,6 @@ wildcard_constraints:
     benchmark="glue|superglue",
     task="[a-z0-9_]+",
     method="|".join(grid.METHODS),
-    style="zero_shot|few_shot",
     split="train|validation|test",
     seed="[0-9]+",
 
@@ -69,10 +68,15 @@ def prompt_records(wildcards):
 
 
 def few_shot_pool(wildcards):
-    if wildcards.style != "few_shot":
-        return []
     train_task = get_task(wildcards.benchmark, wildcards.task).train_task
     return f"resources/data/{wildcards.benchmark}/{train_task.name}/train.jsonl"
+
+
+def prompt_file(model, benchmark, task, method, seed, split):
+    """The prompts a method reads: few_shot's are drawn per seed, the rest share zero-shot's."""
+    if grid.PROMPT_STYLE[method] == "few_shot":
+        return f"results/prompts/{model}/{benchmark}/{task}/few_shot/seed{seed}/{split}.jsonl"
+    return f"results/prompts/{model}/{benchmark}/{task}/zero_shot/{split}.jsonl"
 
 
 PAPER_CODE_FILE = "resources/paper_code/prompt.py"
@@ -92,22 +96,21 @@ def paper_code_option(wildcards):
     return f"--local-copy {shlex.quote(local_copy)}" if local_copy else ""
 
 
-def prompt_options(wildcards):
-    options = [
-        (
-            "--chat-template"
-            if GRID.chat_template(wildcards.model)
-            else "--no-chat-template"
-        )
-    ]
-    if wildcards.style == "few_shot":
-        options += [
-            "--shots",
-            str(config["prompts"]["shots"]),
-            "--shot-selection",
-            config["prompts"]["shot_selection"],
-        ]
-    return " ".join(options)
+def chat_template_option(wildcards):
+    return (
+        "--chat-template"
+        if GRID.chat_template(wildcards.model)
+        else "--no-chat-template"
+    )
+
+
+def few_shot_options(wildcards, input):
+    """The train pool and how many demonstrations to draw from it, with the cell's seed."""
+    prompts = config["prompts"]
+    return (
+        f"--train {input.train} --shots {prompts['shots']} "
+        f"--shot-selection {prompts['shot_selection']} --seed {wildcards.seed}"
+    )
 
 
 def cell_of(wildcards):
@@ -122,10 +125,13 @@ def cell_of(wildcards):
 
 def eval_prompts(wildcards):
     task = get_task(wildcards.benchmark, wildcards.task)
-    style = grid.PROMPT_STYLE[wildcards.method]
-    return (
-        f"results/prompts/{wildcards.model}/{wildcards.benchmark}/{wildcards.task}/"
-        f"{style}/{task.eval_split}.jsonl"
+    return prompt_file(
+        wildcards.model,
+        wildcards.benchmark,
+        wildcards.task,
+        wildcards.method,
+        wildcards.seed,
+        task.eval_split,
     )
 
 
@@ -149,7 +155,7 @@ def score_options(wildcards, input):
 
 
 def train_prompts(benchmark, task_name, model):
-    return f"results/prompts/{model}/{benchmark}/{task_name}/zero_shot/train.jsonl"
+    return prompt_file(model, benchmark, task_name, "zero_shot", None, "train")
 
 
 def rl_train_tasks(wildcards, method):
@@ -193,10 +199,13 @@ def sample_options(wildcards):
 
 
 def test_prompts(wildcards):
-    style = grid.PROMPT_STYLE[wildcards.method]
-    return (
-        f"results/prompts/{wildcards.model}/{wildcards.benchmark}/{wildcards.task}/"
-        f"{style}/test.jsonl"
+    return prompt_file(
+        wildcards.model,
+        wildcards.benchmark,
+        wildcards.task,
+        wildcards.method,
+        wildcards.seed,
+        "test",
     )
 
 

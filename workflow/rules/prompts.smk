@@ -1,6 +1,8 @@
-# Rendered prompts per (model, task, style, split): the protocol's template around each
-# input (the suite's, wrapped in the model's chat template when the registry says so, or the
-# paper's own from its prompt.py). Evaluation applies its seeded subsample to these files.
+# Rendered prompts per (model, task, split): the protocol's template around each input (the
+# suite's, wrapped in the model's chat template when the registry says so, or the paper's own
+# from its prompt.py). Zero-shot prompts serve every seed and method but few_shot; few-shot
+# prompts are rendered per seed, since the seed draws their demonstrations. The rules render
+# every row; evaluation takes its seeded subsample from these files.
 
 
 # The paper's prompt.py at its pinned commit, checked by sha256 (read, never executed).
@@ -21,24 +23,37 @@ rule obtain_paper_code:
 rule render_prompts:
     input:
         records=prompt_records,
-        train=few_shot_pool,
         model=model_input,
         paper_code=paper_code_input,
     output:
-        "results/prompts/{model}/{benchmark}/{task}/{style}/{split}.jsonl",
+        "results/prompts/{model}/{benchmark}/{task}/zero_shot/{split}.jsonl",
     log:
-        "logs/render_prompts/{model}/{benchmark}/{task}/{style}/{split}.log",
+        "logs/render_prompts/{model}/{benchmark}/{task}/zero_shot/{split}.log",
     conda:
         "../../envs/conda.yaml"
     params:
         location=model_location,
-        options=prompt_options,
-        train=lambda wildcards, input: f"--train {input.train}" if input.train else "",
+        chat_template=chat_template_option,
+        few_shot="",
         paper_code=lambda wildcards, input: (
             f"--paper-prompts {input.paper_code}" if input.paper_code else ""
         ),
     shell:
         NUMBER_THE_LOG
         + "python -m rlnlu render-prompts --benchmark {wildcards.benchmark} --task {wildcards.task} "
-        "--records {input.records} {params.train} --model-location {params.location} "
-        "{params.options} {params.paper_code} --out {output} > {log} 2>&1"
+        "--records {input.records} --model-location {params.location} {params.chat_template} "
+        "{params.few_shot} {params.paper_code} --out {output} > {log} 2>&1"
+
+
+use rule render_prompts as render_few_shot_prompts with:
+    input:
+        records=prompt_records,
+        train=few_shot_pool,
+        model=model_input,
+        paper_code=paper_code_input,
+    output:
+        "results/prompts/{model}/{benchmark}/{task}/few_shot/seed{seed}/{split}.jsonl",
+    log:
+        "logs/render_prompts/{model}/{benchmark}/{task}/few_shot/seed{seed}/{split}.log",
+    params:
+        few_shot=few_shot_options,

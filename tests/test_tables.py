@@ -6,12 +6,13 @@ from rlnlu.files import write_json
 from rlnlu.tables import NO_DATA, write_tables
 
 
-def _cell(task, method, metrics, examples=10, invalid=0.0, seed=0, status="ok"):
+def _cell(task, method, metrics, examples=10, invalid=0.0, seed=0, status="ok", half=3.0):
     cell = {"model": "m", "benchmark": "glue", "task": task, "method": method, "seed": seed,
             "status": status}
     if status == "ok":
-        cell.update(metrics=metrics, score=sum(metrics.values()) / len(metrics),
-                    examples=examples, invalid_rate=invalid)
+        score = sum(metrics.values()) / len(metrics)
+        cell.update(metrics=metrics, score=score, examples=examples, invalid_rate=invalid,
+                    score_ci95=[score - half, score + half])
     return cell
 
 
@@ -38,6 +39,8 @@ def test_glue_table(tmp_path):
     assert zero["ax_mcc"] == 99.0
     assert zero["average"] == pytest.approx((70 + 50) / 2)
     assert zero["tasks_in_average"] == 2
+    # MRPC ±3 and MNLI (two sets of ±3: ±3/√2) are independent: √(9 + 4.5) / 2
+    assert zero["average_ci95"] == pytest.approx(round((9 + 4.5) ** 0.5 / 2, 2))
     assert zero["examples"] == 40
     assert zero["invalid_rate"] == pytest.approx(10.0 * 10 / 40)
     sft = table[table.method == "sft"].iloc[0]

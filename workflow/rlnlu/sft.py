@@ -6,6 +6,18 @@ the tokenizer's EOS to each completion and builds labels from the completion mas
 (`completion_only_loss` defaults to on when the dataset has `prompt` and `completion`
 columns), so the loss covers the answer, `</Judgement>` and EOS, never the prompt.
 
+Each step computes exactly TRL's loss (the mean over the batch's completion tokens) more
+cheaply: the LM head runs only at the positions that carry loss (a few per row, instead of
+every prompt and padding position), and the batch is split into micro-batches of rows of
+similar length, at most `micro_batch_tokens` padded tokens each, whose gradients add up to
+the batch's (activations, not the weights, set the peak memory). The rows are ordered so
+that every batch holds the answers in their overall proportions (no early run of one
+answer), and the curve logs the loss on the answer's first token and how often it is the
+top token, since the loss over all completion tokens is mostly format (`</Judgement>`, EOS)
+and hides whether the label is learnt. Given dev rows, the curve also records the dev
+score every `dev_curve_every` steps: greedy first-token accuracy, the share of dev prompts
+whose most likely next token is the gold answer's first token.
+
 A run can be killed at any moment and rerun: checkpoints are sealed and resumed as
 `training` describes. On CPU a resumed run ends with the same adapter weights as an
 uninterrupted one.
@@ -28,9 +40,11 @@ from .training import (LoraSettings, check_trainer_settings, common_trainer_args
 log = logging.getLogger(__name__)
 
 # Curve column -> the key SFTTrainer logs it under.
-CURVE_SOURCES = {"step": "step", "loss": "loss", "learning_rate": "learning_rate", "epoch": "epoch"}
+CURVE_SOURCES = {"step": "step", "loss": "loss", "label_loss": "label_loss",
+                 "label_accuracy": "label_accuracy", "dev_accuracy": "dev_accuracy",
+                 "learning_rate": "learning_rate", "epoch": "epoch"}
 CURVE_COLUMNS = tuple(CURVE_SOURCES)
-CURVE_PANELS = (("loss",),)
+CURVE_PANELS = (("loss", "label_loss"), ("label_accuracy", "dev_accuracy"))
 
 
 @dataclass
@@ -43,6 +57,10 @@ class SFTSettings(LoraSettings):  # lora_* fields: the paper's LoRA
     max_steps: int = -1  # a cap on optimizer steps; -1 trains for `epochs`
     max_examples: int | None = None  # a seeded subsample of the training rows
     max_length: int = 1024  # tokens per prompt+completion; longer ones are cut from the end
+    # Padded tokens per micro-batch (at least one row): caps the activations' memory; the
+    # micro-batches of a step add up to the same gradient as the whole batch.
+    micro_batch_tokens: int = 1024
+    dev_curve_every: int = 0  # steps between dev scores on the curve; 0: none
     seed: int = 0
     # Checkpoints and logging.
     save_steps: int = 100
@@ -54,6 +72,8 @@ class SFTSettings(LoraSettings):  # lora_* fields: the paper's LoRA
 
     def __post_init__(self):
         check_trainer_settings(self)
+        if self.micro_batch_tokens < 1 or self.dev_curve_every < 0:
+            raise ValueError("micro_batch_tokens must be positive and dev_curve_every >= 0")
 
     @classmethod
     def from_config(cls, config: dict) -> "SFTSettings":
@@ -89,6 +109,21 @@ def _subsample(rows: list[dict], limit: int | None, rng: random.Random) -> list[
     return [rows[i] for i in sorted(rng.sample(range(len(rows)), limit))]
 
 
+def stratified_order(rows: list[dict], seed: int) -> list[dict]:
+    """The rows shuffled with `seed`, then interleaved by completion (the gold answer) so that
+    each answer is spread evenly over the run: any run of consecutive rows, such as a batch,
+    holds the answers in about their overall proportions."""
+    rng = random.Random(seed)
+    by_answer: dict[str, list[dict]] = {}
+    for row in rng.sample(rows, len(rows)):
+        by_answer.setdefault(row["completion"], []).append(row)
+    # The k-th of n rows with one answer sits at (k + u) / n of the run, u a seeded offset.
+    placed = [((k + offset) / len(group), rng.random(), row)
+              for group, offset in ((g, rng.random()) for g in by_answer.values())
+              for k, row in enumerate(group)]
+    return [row for *_, row in sorted(placed, key=lambda item: item[:2])]
+
+
 def training_dataset(rows: list[dict]):
     """The prompt/completion dataset TRL expects; other row keys (idx, label, ...) are dropped."""
     from datasets import Dataset
@@ -114,22 +149,155 @@ def trainer_config(settings: SFTSettings, work_dir: Path, device: str, dtype):
         max_steps=settings.max_steps,
         max_length=settings.max_length,
         logging_steps=settings.logging_steps,
+        # The rows come in `stratified_order` already; a resumed run replays the same order.
+        train_sampling_strategy="sequential",
     )
 
 
-def build_trainer(model_location: str, rows: list[dict], work_dir, settings: SFTSettings):
-    """A TRL SFTTrainer with a fresh LoRA adapter on the base model, checkpointing into
-    `work_dir`; its dataset is already tokenized, with labels on completion tokens only."""
-    from transformers import AutoModelForCausalLM, set_seed
+def micro_batches(inputs: dict, max_tokens: int) -> list[dict]:
+    """A right-padded batch split into micro-batches of rows of similar length, each at most
+    `max_tokens` padded tokens (but at least one row) and cut to its own longest row."""
+    lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    groups, current = [], []
+    for i in order:  # ascending, so a group's padded size is its newest row's length
+        if current and (len(current) + 1) * lengths[i] > max_tokens:
+            groups.append(current)
+            current = []
+        current.append(i)
+    groups.append(current)
+    chunks = []
+    for group in groups:
+        width = max(lengths[i] for i in group)
+        chunks.append({key: inputs[key][group, :width]
+                       for key in ("input_ids", "attention_mask", "labels")})
+    return chunks
+
+
+def answer_positions(labels):
+    """Where the loss sits: the mask of positions whose next token is a completion token,
+    the targets there, and which of those positions predict each row's first answer token."""
+    targets = labels[:, 1:] != -100
+    first = targets & (targets.cumsum(dim=1) == 1)
+    return targets, labels[:, 1:][targets], first[targets]
+
+
+def completion_losses(model, chunk: dict):
+    """Per-token cross-entropy at the completion positions of a micro-batch (the LM head runs
+    only there), the targets, and which of them are each row's first answer token."""
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(input_ids=chunk["input_ids"], attention_mask=chunk["attention_mask"],
+                                use_cache=False).last_hidden_state
+    targets, gold, first = answer_positions(chunk["labels"])
+    logits = base.get_output_embeddings()(hidden[:, :-1][targets]).float()
+    return F.cross_entropy(logits, gold, reduction="none"), logits.argmax(dim=-1) == gold, first
+
+
+def first_token_accuracy(model, tokenizer, rows: list[dict], max_tokens: int) -> float:
+    """The share of `rows` whose most likely next token after the prompt is the first token
+    of the gold completion, tokenized as TRL tokenizes the training rows."""
+    import torch
+
+    from .generation import needs_special_tokens
+
+    special = needs_special_tokens(tokenizer, rows[0]["prompt"])
+    prompts = [tokenizer(r["prompt"], add_special_tokens=special)["input_ids"] for r in rows]
+    gold = [tokenizer(r["prompt"] + r["completion"], add_special_tokens=special)["input_ids"][len(p)]
+            for r, p in zip(rows, prompts)]
+    pad = tokenizer.pad_token_id
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = next(model.parameters()).device
+    correct = 0
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
+    with torch.no_grad():
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end - start + 1) * len(prompts[order[end]]) <= max_tokens:
+                end += 1
+            group = order[start:end]
+            width = max(len(prompts[i]) for i in group)
+            ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in group],
+                               device=device)
+            mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i])
+                                 for i in group], device=device)
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding: count real tokens
+            hidden = base.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                        use_cache=False).last_hidden_state[:, -1]
+            top = base.get_output_embeddings()(hidden).argmax(dim=-1).tolist()
+            correct += sum(t == gold[i] for t, i in zip(top, group))
+            start = end
+    model.train(was_training)
+    return correct / len(rows)
+
+
+def _trainer_class():
     from trl import SFTTrainer
+
+    class CompletionSFTTrainer(SFTTrainer):
+        """TRL's SFTTrainer whose step computes the same loss with the LM head only at
+        completion positions, in token-capped micro-batches (see the module docstring)."""
+
+        micro_batch_tokens = 1024
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            import torch
+
+            model.train()
+            inputs = self._prepare_inputs(inputs)
+            total = max(int((inputs["labels"][:, 1:] != -100).sum()), 1)
+            step_loss, label_losses, label_hits = 0.0, [], []
+            for chunk in micro_batches(inputs, self.micro_batch_tokens):
+                with self.compute_loss_context_manager():
+                    losses, top1, first = completion_losses(model, chunk)
+                    loss = losses.sum() / total
+                self.accelerator.backward(loss)
+                step_loss += loss.detach()
+                label_losses.append(losses.detach()[first])
+                label_hits.append(top1[first])
+            metrics = self._metrics["train"]  # SFTTrainer.log averages these into the step's log
+            metrics["label_loss"].append(torch.cat(label_losses).mean().item())
+            metrics["label_accuracy"].append(torch.cat(label_hits).float().mean().item())
+            return step_loss
+
+    return CompletionSFTTrainer
+
+
+def dev_curve_callback(trainer, dev_rows: list[dict], every: int):
+    """A Trainer callback that adds `dev_accuracy` (first_token_accuracy on `dev_rows`) to the
+    step's log every `every` steps and at the last step (before the step is logged)."""
+    from transformers import TrainerCallback
+
+    class DevCurve(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % every == 0 or state.global_step == state.max_steps:
+                accuracy = first_token_accuracy(trainer.model, trainer.processing_class,
+                                                dev_rows, trainer.micro_batch_tokens)
+                trainer._metrics["train"]["dev_accuracy"].append(accuracy)
+                log.info("step %d: dev first-token accuracy %.3f on %d rows",
+                         state.global_step, accuracy, len(dev_rows))
+
+    return DevCurve()
+
+
+def build_trainer(model_location: str, rows: list[dict], work_dir, settings: SFTSettings,
+                  dev_rows: list[dict] | None = None):
+    """A TRL SFTTrainer with a fresh LoRA adapter on the base model, checkpointing into
+    `work_dir`; its dataset is already tokenized, with labels on completion tokens only.
+    With `dev_rows` and `settings.dev_curve_every`, it logs the dev score as it trains."""
+    from transformers import AutoModelForCausalLM, set_seed
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    dataset = training_dataset(rows)
+    dataset = training_dataset(stratified_order(rows, settings.seed))
     log.info("SFT of %s on %d examples, device %s, dtype %s, settings %s",
              model_location, len(rows), device, dtype, asdict(settings))
     set_seed(settings.seed)
-    trainer = SFTTrainer(
+    trainer = _trainer_class()(
         model=AutoModelForCausalLM.from_pretrained(model_location, dtype=dtype),
         args=trainer_config(settings, Path(work_dir), device, dtype),
         train_dataset=dataset,
@@ -137,6 +305,9 @@ def build_trainer(model_location: str, rows: list[dict], work_dir, settings: SFT
         peft_config=settings.lora(),
         callbacks=[sealing_callback()],
     )
+    trainer.micro_batch_tokens = settings.micro_batch_tokens
+    if dev_rows and settings.dev_curve_every:
+        trainer.add_callback(dev_curve_callback(trainer, dev_rows, settings.dev_curve_every))
     dropped = len(dataset) - len(trainer.train_dataset)
     if dropped:
         log.warning("%d examples dropped: their prompt alone fills max_length=%d",
@@ -145,23 +316,25 @@ def build_trainer(model_location: str, rows: list[dict], work_dir, settings: SFT
 
 
 def train_sft(model_location: str, rows: list[dict], adapter_dir, work_dir,
-              settings: SFTSettings, curve_csv, curve_png=None) -> dict:
+              settings: SFTSettings, curve_csv, curve_png=None,
+              dev_rows: list[dict] | None = None) -> dict:
     """Train a LoRA adapter on prompt/completion rows and save it as a PEFT folder.
 
-    Resumes from the newest sealed checkpoint in `work_dir` if there is one.
+    Resumes from the newest sealed checkpoint in `work_dir` if there is one. `dev_rows`
+    (prompt/completion rows of the dev split) only feed the curve's dev score.
     Returns a summary: steps, final training loss, examples, wall seconds, resumed step.
     """
     started = time.monotonic()
     rows = _subsample(rows, settings.max_examples, random.Random(settings.seed))
     with exclusive_lock(work_dir, "training job"):  # before loading: a second job fails fast
-        trainer = build_trainer(model_location, rows, work_dir, settings)
+        trainer = build_trainer(model_location, rows, work_dir, settings, dev_rows)
         resumed_from_step = train_and_save_adapter(
             trainer, work_dir, adapter_dir, run_fingerprint(model_location, rows, settings), log)
 
     curve = curve_from_log_history(trainer.state.log_history, CURVE_SOURCES, logged_with="loss")
     write_curve_csv(curve, curve_csv, CURVE_COLUMNS)
     if curve_png is not None:
-        plot_curves(curve, curve_png, f"SFT loss on completion tokens, {Path(model_location).name}",
+        plot_curves(curve, curve_png, f"SFT on completion tokens, {Path(model_location).name}",
                     CURVE_PANELS)
     summary = {
         "steps": trainer.state.global_step,

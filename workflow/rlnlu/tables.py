@@ -6,6 +6,11 @@ one score, the mean of its metrics; MNLI's matched and mismatched sets together 
 one task (their mean); the diagnostics (AX, AX-b, AX-g) are shown but not averaged. A task
 without data is shown as 'no data' and left out; `tasks_in_average` says how many tasks
 the average covers, so partial averages are never mistaken for full ones.
+
+`average_ci95` is the half-width of the average's 95% interval, from the tasks' bootstrap
+intervals: tasks are scored on separate examples, so their errors are independent and the
+average's half-width is the root of the summed squared task half-widths over the number of
+tasks (an MNLI unit combines its two sets the same way).
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ def benchmark_table(benchmark: str, cells: list[dict]) -> pd.DataFrame:
     for (model, method), members in sorted(by_row.items()):
         row = {"model": model, "method": method, "source": "this run",
                "seeds": len({c["seed"] for c in members})}
-        unit_scores = defaultdict(list)
+        unit_scores, unit_halves = defaultdict(list), defaultdict(list)
         examples, invalid_weighted = 0, 0.0
         for task in tasks_of(benchmark):
             task_cells = [c for c in members if c["task"] == task.name]
@@ -53,10 +58,16 @@ def benchmark_table(benchmark: str, cells: list[dict]) -> pd.DataFrame:
             if task.in_average:
                 unit_scores[_average_unit(task.name)].append(
                     np.mean([c["score"] for c in finished]))
+                unit_halves[_average_unit(task.name)].append(
+                    np.mean([(c["score_ci95"][1] - c["score_ci95"][0]) / 2 if "score_ci95" in c
+                             else np.nan for c in finished]))
             examples += sum(c["examples"] for c in finished) // len(finished)
             invalid_weighted += sum(c["invalid_rate"] * c["examples"] for c in finished) / len(finished)
         scores = [np.mean(s) for s in unit_scores.values()]
         row["average"] = round(float(np.mean(scores)), 2) if scores else NO_DATA
+        halves = [np.sqrt(np.sum(np.square(h))) / len(h) for h in unit_halves.values()]
+        row["average_ci95"] = (round(float(np.sqrt(np.sum(np.square(halves))) / len(halves)), 2)
+                               if halves and not np.isnan(halves).any() else NO_DATA)
         row["tasks_in_average"] = len(scores)
         row["examples"] = examples
         row["invalid_rate"] = round(invalid_weighted / examples, 2) if examples else NO_DATA

@@ -272,6 +272,10 @@ def report_rows(results: dict) -> list[list]:
         rows.append([f"SFT throughput, tokens/s (batch {sft['batch_size']} × "
                      f"{sft['mean_tokens']:.0f} tokens)", fmt(p["tokens_per_s"]),
                      fmt(b["tokens_per_s"]), fmt(sft["speedup"]) + "×", None, None])
+        rows.append(["SFT peak RSS during the steps, MiB (peak reset between the sides)",
+                     fmt(p.get("peak_rss_mib")), fmt(b.get("peak_rss_mib")),
+                     _ratio(p["peak_rss_mib"] / b["peak_rss_mib"])
+                     if p.get("peak_rss_mib") and b.get("peak_rss_mib") else None, None, None])
         rows.append(["SFT step, fraction of the matmul rate", _pct(p.get("matmul_fraction")),
                      _pct(b.get("matmul_fraction")), None,
                      f"≥ {100 * TARGETS['matmul_fraction']:g}%",
@@ -567,6 +571,27 @@ def _peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux: /proc/self/clear_refs), so
+    two measurements in one process each get their own peak; False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_since_reset_mib() -> float | None:
+    """The peak RSS since `_reset_peak_rss` (VmHWM), or None where /proc is not there."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def _rss_mib() -> float:
@@ -1068,6 +1093,10 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
     marks: list[float] = []
     batches: list[dict] = []
 
+    import gc
+
+    peaks = {}
+    resettable = _reset_peak_rss()
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
         trainer = build_trainer(args.model, rows, tmp, settings)
         trainer.add_callback(step_timer(device, marks))
@@ -1081,7 +1110,10 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
         trainer.training_step = training_step
         trainer.train()
         del trainer
+    peaks["project"] = _peak_rss_since_reset_mib() if resettable else None
     project_steps = [b - a for a, b in zip(marks, marks[1:])][warmup:]
+    gc.collect()
+    resettable = _reset_peak_rss()
 
     # The plain loop: a fresh model with the same LoRA, AdamW at the same rate, gradient
     # clipping as the Trainer does, over exactly the batches the trainer trained on.
@@ -1110,6 +1142,7 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
         _sync(device)
         plain_steps.append(_now() - start)
     plain_steps = plain_steps[warmup:]
+    peaks["baseline"] = _peak_rss_since_reset_mib() if resettable else None
 
     measured = batches[warmup:]
     seq_lens = [[int(n) for n in b["attention_mask"].sum(dim=1).tolist()] for b in measured]
@@ -1132,11 +1165,14 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
             d["matmul_fraction"] = d["achieved_flops_per_s"] / matmul["flops_per_s"]
         return d
 
-    project = side(project_steps, implementation="rlnlu.sft.build_trainer (TRL SFTTrainer)",
-                   step_seconds_all=project_steps,
+    project = side(project_steps, implementation="rlnlu.sft.build_trainer (TRL SFTTrainer, LM "
+                   "head at completion positions, token-capped micro-batches)",
+                   step_seconds_all=project_steps, peak_rss_mib=peaks["project"],
+                   micro_batch_tokens=settings.micro_batch_tokens,
                    activation_checkpointing=device != "cpu")
-    baseline = side(plain_steps, step_seconds_all=plain_steps, implementation="PEFT get_peft_model + torch AdamW loop, "
-                                                "full-vocabulary logits (model(..., labels=))")
+    baseline = side(plain_steps, step_seconds_all=plain_steps, peak_rss_mib=peaks["baseline"],
+                    implementation="PEFT get_peft_model + torch AdamW loop, "
+                                   "full-vocabulary logits (model(..., labels=))")
     all_lens = [n for s in seq_lens for n in s]
     return {"status": "ok", "batch_size": batch, "warmup_steps": warmup,
             "measured_steps": len(measured), "mean_tokens": sum(all_lens) / len(all_lens),

@@ -1088,6 +1088,7 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
     tokenizer = load_tokenizer(args.model)
     rows = _sst2_rows(args.data, "train", tokenizer, batch * (warmup + steps), args.seed)
     settings = SFTSettings(lora_r=16, lora_target_modules=QKVO, learning_rate=1e-4,
+                           micro_batch_tokens=_project_config()["sft"].get("micro_batch_tokens"),
                            batch_size=batch, max_steps=warmup + steps, save_steps=10 ** 9,
                            logging_steps=1, seed=args.seed, dtype=args.dtype, device=device)
     marks: list[float] = []

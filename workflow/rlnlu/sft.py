@@ -58,8 +58,8 @@ class SFTSettings(LoraSettings):  # lora_* fields: the paper's LoRA
     max_examples: int | None = None  # a seeded subsample of the training rows
     max_length: int = 1024  # tokens per prompt+completion; longer ones are cut from the end
     # Padded tokens per micro-batch (at least one row): caps the activations' memory; the
-    # micro-batches of a step add up to the same gradient as the whole batch.
-    micro_batch_tokens: int = 1024
+    # micro-batches of a step add up to the same gradient as the whole batch. None: no cap.
+    micro_batch_tokens: int | None = None
     dev_curve_every: int = 0  # steps between dev scores on the curve; 0: none
     seed: int = 0
     # Checkpoints and logging.
@@ -72,8 +72,10 @@ class SFTSettings(LoraSettings):  # lora_* fields: the paper's LoRA
 
     def __post_init__(self):
         check_trainer_settings(self)
-        if self.micro_batch_tokens < 1 or self.dev_curve_every < 0:
-            raise ValueError("micro_batch_tokens must be positive and dev_curve_every >= 0")
+        if (self.micro_batch_tokens is not None and self.micro_batch_tokens < 1) or \
+                self.dev_curve_every < 0:
+            raise ValueError("micro_batch_tokens must be positive (or null) and "
+                             "dev_curve_every >= 0")
 
     @classmethod
     def from_config(cls, config: dict) -> "SFTSettings":
@@ -154,20 +156,29 @@ def trainer_config(settings: SFTSettings, work_dir: Path, device: str, dtype):
     )
 
 
-def micro_batches(inputs: dict, max_tokens: int) -> list[dict]:
-    """A right-padded batch split into micro-batches of rows of similar length, each at most
-    `max_tokens` padded tokens (but at least one row) and cut to its own longest row."""
-    lengths = inputs["attention_mask"].sum(dim=1).tolist()
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+def length_groups(lengths: list[int], max_tokens: int | None, max_rows: int) -> list[list[int]]:
+    """Indices of `lengths` in ascending length, cut into groups of at most `max_rows` whose
+    padded size (rows × longest) stays within `max_tokens` (None: no cap); at least one row
+    each."""
     groups, current = [], []
-    for i in order:  # ascending, so a group's padded size is its newest row's length
-        if current and (len(current) + 1) * lengths[i] > max_tokens:
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        # Ascending, so a group's padded size is its newest row's length times its rows.
+        if current and (len(current) == max_rows or (
+                max_tokens is not None and (len(current) + 1) * lengths[i] > max_tokens)):
             groups.append(current)
             current = []
         current.append(i)
-    groups.append(current)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def micro_batches(inputs: dict, max_tokens: int | None) -> list[dict]:
+    """A right-padded batch split into micro-batches of rows of similar length, each at most
+    `max_tokens` padded tokens (but at least one row) and cut to its own longest row."""
+    lengths = inputs["attention_mask"].sum(dim=1).tolist()
     chunks = []
-    for group in groups:
+    for group in length_groups(lengths, max_tokens, len(lengths)):
         width = max(lengths[i] for i in group)
         chunks.append({key: inputs[key][group, :width]
                        for key in ("input_ids", "attention_mask", "labels")})
@@ -195,9 +206,11 @@ def completion_losses(model, chunk: dict):
     return F.cross_entropy(logits, gold, reduction="none"), logits.argmax(dim=-1) == gold, first
 
 
-def first_token_accuracy(model, tokenizer, rows: list[dict], max_tokens: int) -> float:
+def first_token_accuracy(model, tokenizer, rows: list[dict], max_tokens: int | None,
+                         max_rows: int) -> float:
     """The share of `rows` whose most likely next token after the prompt is the first token
-    of the gold completion, tokenized as TRL tokenizes the training rows."""
+    of the gold completion, tokenized as TRL tokenizes the training rows; scored in groups
+    of similar length as `length_groups` cuts them."""
     import torch
 
     from .generation import needs_special_tokens
@@ -212,14 +225,8 @@ def first_token_accuracy(model, tokenizer, rows: list[dict], max_tokens: int) ->
     correct = 0
     was_training = model.training
     model.eval()
-    order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
     with torch.no_grad():
-        start = 0
-        while start < len(order):
-            end = start + 1
-            while end < len(order) and (end - start + 1) * len(prompts[order[end]]) <= max_tokens:
-                end += 1
-            group = order[start:end]
+        for group in length_groups([len(p) for p in prompts], max_tokens, max_rows):
             width = max(len(prompts[i]) for i in group)
             ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in group],
                                device=device)
@@ -230,7 +237,6 @@ def first_token_accuracy(model, tokenizer, rows: list[dict], max_tokens: int) ->
                                         use_cache=False).last_hidden_state[:, -1]
             top = base.get_output_embeddings()(hidden).argmax(dim=-1).tolist()
             correct += sum(t == gold[i] for t, i in zip(top, group))
-            start = end
     model.train(was_training)
     return correct / len(rows)
 
@@ -242,7 +248,7 @@ def _trainer_class():
         """TRL's SFTTrainer whose step computes the same loss with the LM head only at
         completion positions, in token-capped micro-batches (see the module docstring)."""
 
-        micro_batch_tokens = 1024
+        micro_batch_tokens = None
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             import torch
@@ -276,7 +282,8 @@ def dev_curve_callback(trainer, dev_rows: list[dict], every: int):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % every == 0 or state.global_step == state.max_steps:
                 accuracy = first_token_accuracy(trainer.model, trainer.processing_class,
-                                                dev_rows, trainer.micro_batch_tokens)
+                                                dev_rows, trainer.micro_batch_tokens,
+                                                args.per_device_train_batch_size)
                 trainer._metrics["train"]["dev_accuracy"].append(accuracy)
                 log.info("step %d: dev first-token accuracy %.3f on %d rows",
                          state.global_step, accuracy, len(dev_rows))

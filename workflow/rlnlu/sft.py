@@ -61,6 +61,7 @@ class SFTSettings(LoraSettings):  # lora_* fields: the paper's LoRA
     # micro-batches of a step add up to the same gradient as the whole batch. None: no cap.
     micro_batch_tokens: int | None = None
     dev_curve_every: int = 0  # steps between dev scores on the curve; 0: none
+    dev_curve_examples: int | None = None  # a seeded subsample of the dev rows given; None: all
     seed: int = 0
     # Checkpoints and logging.
     save_steps: int = 100
@@ -72,10 +73,11 @@ class SFTSettings(LoraSettings):  # lora_* fields: the paper's LoRA
 
     def __post_init__(self):
         check_trainer_settings(self)
-        if (self.micro_batch_tokens is not None and self.micro_batch_tokens < 1) or \
+        if any(value is not None and value < 1
+               for value in (self.micro_batch_tokens, self.dev_curve_examples)) or \
                 self.dev_curve_every < 0:
-            raise ValueError("micro_batch_tokens must be positive (or null) and "
-                             "dev_curve_every >= 0")
+            raise ValueError("micro_batch_tokens and dev_curve_examples must be positive (or "
+                             "null) and dev_curve_every >= 0")
 
     @classmethod
     def from_config(cls, config: dict) -> "SFTSettings":
@@ -333,6 +335,8 @@ def train_sft(model_location: str, rows: list[dict], adapter_dir, work_dir,
     """
     started = time.monotonic()
     rows = _subsample(rows, settings.max_examples, random.Random(settings.seed))
+    if dev_rows:
+        dev_rows = _subsample(dev_rows, settings.dev_curve_examples, random.Random(settings.seed))
     with exclusive_lock(work_dir, "training job"):  # before loading: a second job fails fast
         trainer = build_trainer(model_location, rows, work_dir, settings, dev_rows)
         resumed_from_step = train_and_save_adapter(

@@ -272,6 +272,10 @@ def report_rows(results: dict) -> list[list]:
         rows.append([f"SFT throughput, tokens/s (batch {sft['batch_size']} × "
                      f"{sft['mean_tokens']:.0f} tokens)", fmt(p["tokens_per_s"]),
                      fmt(b["tokens_per_s"]), fmt(sft["speedup"]) + "×", None, None])
+        if p.get("step_cpu_seconds") and b.get("step_cpu_seconds"):
+            rows.append(["SFT step CPU time, s (all threads; steadier than wall time under load)",
+                         fmt(p["step_cpu_seconds"]), fmt(b["step_cpu_seconds"]),
+                         _ratio(p["step_cpu_seconds"] / b["step_cpu_seconds"]), None, None])
         rows.append(["SFT peak RSS during the steps, MiB (peak reset between the sides)",
                      fmt(p.get("peak_rss_mib")), fmt(b.get("peak_rss_mib")),
                      _ratio(p["peak_rss_mib"] / b["peak_rss_mib"])
@@ -558,6 +562,15 @@ def projection_table(rows: list[dict], gpu: GpuSpec | None = None) -> str:
 
 def _now() -> float:
     return time.perf_counter()
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads): on a loaded machine a steadier measure of a
+    step's work than its wall time."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _sync(device: str) -> None:
@@ -1057,19 +1070,24 @@ def bench_ppo(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
     return result
 
 
-def step_timer(device: str, marks: list[float]):
-    """A Trainer callback appending a synchronised timestamp at the start and after each
-    step, so both trainers' steps are timed the same way."""
+def step_timer(device: str, marks: list[float], cpu_marks: list[float] | None = None):
+    """A Trainer callback appending a synchronised timestamp (and, given `cpu_marks`, the
+    process's CPU time) at the start and after each step, so both trainers' steps are timed
+    the same way."""
     from transformers import TrainerCallback
+
+    def mark():
+        _sync(device)
+        marks.append(_now())
+        if cpu_marks is not None:
+            cpu_marks.append(_cpu_seconds())
 
     class StepTimer(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            _sync(device)
-            marks.append(_now())
+            mark()
 
         def on_step_end(self, args, state, control, **kwargs):
-            _sync(device)
-            marks.append(_now())
+            mark()
 
     return StepTimer()
 
@@ -1092,6 +1110,7 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
                            batch_size=batch, max_steps=warmup + steps, save_steps=10 ** 9,
                            logging_steps=1, seed=args.seed, dtype=args.dtype, device=device)
     marks: list[float] = []
+    cpu_marks: list[float] = []
     batches: list[dict] = []
 
     import gc
@@ -1100,7 +1119,7 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
     resettable = _reset_peak_rss()
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
         trainer = build_trainer(args.model, rows, tmp, settings)
-        trainer.add_callback(step_timer(device, marks))
+        trainer.add_callback(step_timer(device, marks, cpu_marks))
         original_step = trainer.training_step
 
         def training_step(model, inputs, *rest, **kwargs):
@@ -1113,6 +1132,7 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
         del trainer
     peaks["project"] = _peak_rss_since_reset_mib() if resettable else None
     project_steps = [b - a for a, b in zip(marks, marks[1:])][warmup:]
+    project_cpu = [b - a for a, b in zip(cpu_marks, cpu_marks[1:])][warmup:]
     gc.collect()
     resettable = _reset_peak_rss()
 
@@ -1125,10 +1145,10 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0)
-    plain_steps = []
+    plain_steps, plain_cpu = [], []
     for inputs in batches:
         _sync(device)
-        start = _now()
+        start, cpu_start = _now(), _cpu_seconds()
         labels = inputs.get("labels")
         if labels is None:  # a collator that marks completions instead of labels
             labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
@@ -1142,7 +1162,8 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
         optimizer.zero_grad(set_to_none=True)
         _sync(device)
         plain_steps.append(_now() - start)
-    plain_steps = plain_steps[warmup:]
+        plain_cpu.append(_cpu_seconds() - cpu_start)
+    plain_steps, plain_cpu = plain_steps[warmup:], plain_cpu[warmup:]
     peaks["baseline"] = _peak_rss_since_reset_mib() if resettable else None
 
     measured = batches[warmup:]
@@ -1169,9 +1190,11 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
     project = side(project_steps, implementation="rlnlu.sft.build_trainer (TRL SFTTrainer, LM "
                    "head at completion positions, token-capped micro-batches)",
                    step_seconds_all=project_steps, peak_rss_mib=peaks["project"],
+                   step_cpu_seconds=sum(project_cpu) / len(project_cpu),
                    micro_batch_tokens=settings.micro_batch_tokens,
                    activation_checkpointing=device != "cpu")
     baseline = side(plain_steps, step_seconds_all=plain_steps, peak_rss_mib=peaks["baseline"],
+                    step_cpu_seconds=sum(plain_cpu) / len(plain_cpu),
                     implementation="PEFT get_peft_model + torch AdamW loop, "
                                    "full-vocabulary logits (model(..., labels=))")
     all_lens = [n for s in seq_lens for n in s]

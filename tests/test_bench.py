@@ -129,8 +129,10 @@ def fake_results(**overrides):
                 "baseline": {"status": "ok", "step_seconds": 10.0, "peak_rss_mib": 1000.0,
                              "matmul_fraction": 0.18}},
         "sft": {"status": "ok", "batch_size": 8, "mean_tokens": 95.2, "speedup": 1.25,
-                "project": {"tokens_per_s": 500.0, "matmul_fraction": 0.3},
-                "baseline": {"tokens_per_s": 400.0, "matmul_fraction": 0.24}},
+                "project": {"tokens_per_s": 500.0, "matmul_fraction": 0.3, "peak_rss_mib": 1500.0,
+                            "step_cpu_seconds": 3.0},
+                "baseline": {"tokens_per_s": 400.0, "matmul_fraction": 0.24,
+                             "peak_rss_mib": 3000.0, "step_cpu_seconds": 4.0}},
         "planning": {"status": "ok", "seconds": 8.5, "jobs": 1265},
     }
     results.update(overrides)
@@ -157,6 +159,10 @@ def test_report_rows_and_verdicts():
     assert rows["PPO step, fraction of the matmul rate"][-1] == "yes"
     assert rows["SFT step, fraction of the matmul rate"][-1] == "no"
     assert rows["SFT throughput, tokens/s (batch 8 × 95 tokens)"][:3] == ["500", "400", "1.25×"]
+    assert rows["SFT step CPU time, s (all threads; steadier than wall time under load)"][
+        :3] == ["3", "4", "0.75×"]
+    assert rows["SFT peak RSS during the steps, MiB (peak reset between the sides)"][:3] == [
+        "1,500", "3,000", "0.5×"]
     assert rows["Planning `snakemake -n --configfile configs/paper.yaml`, s (1265 jobs)"] == \
         ["8.5", "—", "—", "≤ 10 s", "yes"]
     assert "smoke check" not in report

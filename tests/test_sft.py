@@ -21,7 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 from rlnlu import checkpoints
-from rlnlu.sft import SFTSettings, build_trainer, mix_tasks, train_sft
+from rlnlu.sft import (SFTSettings, build_trainer, first_token_accuracy, mix_tasks,
+                       stratified_order, train_sft)
 
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -59,8 +60,8 @@ def read_curve(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-# 8 rows in batches of 2 give 4 steps an epoch, so 6 steps cross into a reshuffled second
-# epoch, and the checkpoint at step 2 sits mid-epoch.
+# 8 rows in batches of 2 give 4 steps an epoch, so 6 steps cross into a second epoch, and
+# the checkpoint at step 2 sits mid-epoch.
 ROWS = prompt_rows(8)
 
 
@@ -132,6 +133,75 @@ def test_only_completion_tokens_and_eos_carry_loss(tiny_model_dir, tmp_path):
         assert labels[len(prompt_ids):end].tolist() == answer_ids  # incl. "</Judgement>" and EOS
         assert (labels[end:] == -100).all()  # padding
     assert (batch["labels"] == -100).any(dim=1).all()
+
+
+def test_a_step_in_micro_batches_has_the_whole_batchs_loss_and_gradient(tiny_model_dir, tmp_path):
+    """The step runs the LM head only at completion positions and splits the batch by tokens;
+    its loss and gradient must still be the plain mean over the batch's completion tokens."""
+    rows = prompt_rows(6)
+    trainer = build_trainer(tiny_model_dir, rows, tmp_path / "work",
+                            settings(batch_size=6, lora_dropout=0.0, micro_batch_tokens=40))
+    model = trainer.model
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
+    lora = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():  # fresh B matrices are zero, which would leave A without gradient
+        for name, p in lora.items():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+
+    expected_loss = model(**batch).loss  # full logits, mean over the completion tokens
+    expected_loss.backward()
+    expected = {n: p.grad.clone() for n, p in lora.items()}
+    model.zero_grad(set_to_none=True)
+
+    loss = trainer.training_step(model, batch)
+    assert trainer.micro_batch_tokens * 2 < batch["attention_mask"].numel()  # it did split
+    assert float(loss) == pytest.approx(float(expected_loss.detach()), rel=1e-5)
+    for name, p in lora.items():
+        torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_rows_are_ordered_so_that_every_batch_holds_both_answers():
+    rows = [{"idx": i, "completion": "Yes" if i < 20 else "No"} for i in range(30)]
+    ordered = stratified_order(rows, seed=0)
+    assert sorted(r["idx"] for r in ordered) == list(range(30))
+    assert stratified_order(rows, seed=0) == ordered and stratified_order(rows, seed=1) != ordered
+    for start in range(0, 30 - 3):  # one "No" in three: any four consecutive rows hold both
+        assert {r["completion"] for r in ordered[start:start + 4]} == {"Yes", "No"}
+
+
+def test_dev_score_is_the_greedy_first_answer_token(tiny_model_dir, random_lora_model):
+    """Batched with left padding, the dev score must agree with one-by-one greedy decoding."""
+    from rlnlu.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = random_lora_model().eval()
+
+    def greedy_first_token(prompt: str) -> int:
+        with torch.no_grad():
+            return int(model(**tokenizer(prompt, return_tensors="pt")).logits[0, -1].argmax())
+
+    rows = prompt_rows(8)
+    for row in rows[::2]:  # half the rows answered as the model would: hits and misses both
+        row["completion"] = tokenizer.decode([greedy_first_token(row["prompt"])]) + "</Judgement>"
+    hits = [greedy_first_token(row["prompt"]) == tokenizer(row["prompt"] + row["completion"])
+            ["input_ids"][len(tokenizer(row["prompt"])["input_ids"])] for row in rows]
+    assert 0 < sum(hits) < len(hits)
+    for max_tokens, max_rows in ((64, 8), (None, 3)):
+        assert first_token_accuracy(model, tokenizer, rows, max_tokens, max_rows) == \
+            pytest.approx(sum(hits) / len(hits))
+
+
+def test_curve_records_the_answer_tokens_loss_and_the_dev_score(tiny_model_dir, tmp_path):
+    rows = prompt_rows(2)
+    train_sft(tiny_model_dir, rows, tmp_path / "adapter", tmp_path / "work",
+              settings(max_steps=6, save_steps=100, learning_rate=1e-2, lora_dropout=0.0,
+                       dev_curve_every=4),
+              tmp_path / "curve.csv", dev_rows=rows)
+    curve = read_curve(tmp_path / "curve.csv")
+    assert [row["dev_accuracy"] != "" for row in curve] == [False, False, False, True, False, True]
+    assert all(0 <= float(row["label_accuracy"]) <= 1 for row in curve)
+    assert float(curve[-1]["label_loss"]) < float(curve[0]["label_loss"])
 
 
 KILLED_RUN = """

@@ -7,12 +7,13 @@ from rlnlu.files import write_json
 from rlnlu.tables import NO_DATA, average_leaderboard, average_paper, write_tables
 
 
-def _cell(task, method, metrics, examples=10, invalid=0.0, seed=0, status="ok"):
+def _cell(task, method, metrics, examples=10, invalid=0.0, seed=0, status="ok", half=3.0):
     cell = {"model": "m", "benchmark": "glue", "task": task, "method": method, "seed": seed,
             "status": status}
     if status == "ok":
         score = sum(metrics.values()) / len(metrics) if metrics else 0.0
         cell.update(metrics=metrics, score=score, examples=examples, invalid_rate=invalid,
+                    score_ci95=[score - half, score + half],
                     parsers={"strict": {"score": score}, "paper": {"score": score + 5.0}})
     return cell
 
@@ -44,6 +45,8 @@ def test_glue_table(tmp_path):
     # the paper's rule: MRPC by F1, MNLI-m and -mm apart
     assert zero["average_paper"] == pytest.approx((80 + 40 + 60) / 3)
     assert zero["numbers_in_average_paper"] == 3
+    # MRPC ±3 and MNLI (two sets of ±3: ±3/√2) are independent: √(9 + 4.5) / 2
+    assert zero["average_leaderboard_ci95"] == pytest.approx(round((9 + 4.5) ** 0.5 / 2, 2))
     assert zero["examples"] == 40
     assert zero["invalid_rate"] == pytest.approx(10.0 * 10 / 40)
     sft = table[table.method == "sft"].iloc[0]

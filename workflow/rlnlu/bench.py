@@ -272,6 +272,14 @@ def report_rows(results: dict) -> list[list]:
         rows.append([f"SFT throughput, tokens/s (batch {sft['batch_size']} × "
                      f"{sft['mean_tokens']:.0f} tokens)", fmt(p["tokens_per_s"]),
                      fmt(b["tokens_per_s"]), fmt(sft["speedup"]) + "×", None, None])
+        if p.get("step_cpu_seconds") and b.get("step_cpu_seconds"):
+            rows.append(["SFT step CPU time, s (all threads; steadier than wall time under load)",
+                         fmt(p["step_cpu_seconds"]), fmt(b["step_cpu_seconds"]),
+                         _ratio(p["step_cpu_seconds"] / b["step_cpu_seconds"]), None, None])
+        rows.append(["SFT peak RSS during the steps, MiB (peak reset between the sides)",
+                     fmt(p.get("peak_rss_mib")), fmt(b.get("peak_rss_mib")),
+                     _ratio(p["peak_rss_mib"] / b["peak_rss_mib"])
+                     if p.get("peak_rss_mib") and b.get("peak_rss_mib") else None, None, None])
         rows.append(["SFT step, fraction of the matmul rate", _pct(p.get("matmul_fraction")),
                      _pct(b.get("matmul_fraction")), None,
                      f"≥ {100 * TARGETS['matmul_fraction']:g}%",
@@ -556,6 +564,15 @@ def _now() -> float:
     return time.perf_counter()
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads): on a loaded machine a steadier measure of a
+    step's work than its wall time."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         import torch
@@ -567,6 +584,27 @@ def _peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux: /proc/self/clear_refs), so
+    two measurements in one process each get their own peak; False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_since_reset_mib() -> float | None:
+    """The peak RSS since `_reset_peak_rss` (VmHWM), or None where /proc is not there."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def _rss_mib() -> float:
@@ -1032,19 +1070,24 @@ def bench_ppo(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
     return result
 
 
-def step_timer(device: str, marks: list[float]):
-    """A Trainer callback appending a synchronised timestamp at the start and after each
-    step, so both trainers' steps are timed the same way."""
+def step_timer(device: str, marks: list[float], cpu_marks: list[float] | None = None):
+    """A Trainer callback appending a synchronised timestamp (and, given `cpu_marks`, the
+    process's CPU time) at the start and after each step, so both trainers' steps are timed
+    the same way."""
     from transformers import TrainerCallback
+
+    def mark():
+        _sync(device)
+        marks.append(_now())
+        if cpu_marks is not None:
+            cpu_marks.append(_cpu_seconds())
 
     class StepTimer(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            _sync(device)
-            marks.append(_now())
+            mark()
 
         def on_step_end(self, args, state, control, **kwargs):
-            _sync(device)
-            marks.append(_now())
+            mark()
 
     return StepTimer()
 
@@ -1063,14 +1106,20 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
     tokenizer = load_tokenizer(args.model)
     rows = _sst2_rows(args.data, "train", tokenizer, batch * (warmup + steps), args.seed)
     settings = SFTSettings(lora_r=16, lora_target_modules=QKVO, learning_rate=1e-4,
+                           micro_batch_tokens=_project_config()["sft"].get("micro_batch_tokens"),
                            batch_size=batch, max_steps=warmup + steps, save_steps=10 ** 9,
                            logging_steps=1, seed=args.seed, dtype=args.dtype, device=device)
     marks: list[float] = []
+    cpu_marks: list[float] = []
     batches: list[dict] = []
 
+    import gc
+
+    peaks = {}
+    resettable = _reset_peak_rss()
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
         trainer = build_trainer(args.model, rows, tmp, settings)
-        trainer.add_callback(step_timer(device, marks))
+        trainer.add_callback(step_timer(device, marks, cpu_marks))
         original_step = trainer.training_step
 
         def training_step(model, inputs, *rest, **kwargs):
@@ -1081,7 +1130,11 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
         trainer.training_step = training_step
         trainer.train()
         del trainer
+    peaks["project"] = _peak_rss_since_reset_mib() if resettable else None
     project_steps = [b - a for a, b in zip(marks, marks[1:])][warmup:]
+    project_cpu = [b - a for a, b in zip(cpu_marks, cpu_marks[1:])][warmup:]
+    gc.collect()
+    resettable = _reset_peak_rss()
 
     # The plain loop: a fresh model with the same LoRA, AdamW at the same rate, gradient
     # clipping as the Trainer does, over exactly the batches the trainer trained on.
@@ -1092,10 +1145,10 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0)
-    plain_steps = []
+    plain_steps, plain_cpu = [], []
     for inputs in batches:
         _sync(device)
-        start = _now()
+        start, cpu_start = _now(), _cpu_seconds()
         labels = inputs.get("labels")
         if labels is None:  # a collator that marks completions instead of labels
             labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
@@ -1109,7 +1162,9 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
         optimizer.zero_grad(set_to_none=True)
         _sync(device)
         plain_steps.append(_now() - start)
-    plain_steps = plain_steps[warmup:]
+        plain_cpu.append(_cpu_seconds() - cpu_start)
+    plain_steps, plain_cpu = plain_steps[warmup:], plain_cpu[warmup:]
+    peaks["baseline"] = _peak_rss_since_reset_mib() if resettable else None
 
     measured = batches[warmup:]
     seq_lens = [[int(n) for n in b["attention_mask"].sum(dim=1).tolist()] for b in measured]
@@ -1132,11 +1187,16 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
             d["matmul_fraction"] = d["achieved_flops_per_s"] / matmul["flops_per_s"]
         return d
 
-    project = side(project_steps, implementation="rlnlu.sft.build_trainer (TRL SFTTrainer)",
-                   step_seconds_all=project_steps,
+    project = side(project_steps, implementation="rlnlu.sft.build_trainer (TRL SFTTrainer, LM "
+                   "head at completion positions, token-capped micro-batches)",
+                   step_seconds_all=project_steps, peak_rss_mib=peaks["project"],
+                   step_cpu_seconds=sum(project_cpu) / len(project_cpu),
+                   micro_batch_tokens=settings.micro_batch_tokens,
                    activation_checkpointing=device != "cpu")
-    baseline = side(plain_steps, step_seconds_all=plain_steps, implementation="PEFT get_peft_model + torch AdamW loop, "
-                                                "full-vocabulary logits (model(..., labels=))")
+    baseline = side(plain_steps, step_seconds_all=plain_steps, peak_rss_mib=peaks["baseline"],
+                    step_cpu_seconds=sum(plain_cpu) / len(plain_cpu),
+                    implementation="PEFT get_peft_model + torch AdamW loop, "
+                                   "full-vocabulary logits (model(..., labels=))")
     all_lens = [n for s in seq_lens for n in s]
     return {"status": "ok", "batch_size": batch, "warmup_steps": warmup,
             "measured_steps": len(measured), "mean_tokens": sum(all_lens) / len(all_lens),

@@ -121,8 +121,14 @@ def cmd_train_sft(args):
     settings = dict(json.loads(args.settings), seed=args.seed)
     rows = _training_rows({path: files.read_jsonl(path) for path in args.train}, settings,
                           args.seed)
+    dev_rows = None
+    if args.dev:
+        from .prompts import subsample
+
+        dev_rows = subsample(files.read_jsonl(args.dev), args.max_examples, args.sample_seed)
     summary = train_sft(args.model_location, rows, args.adapter, args.work_dir,
-                        SFTSettings.from_config(settings), args.curve_csv, args.curve_png)
+                        SFTSettings.from_config(settings), args.curve_csv, args.curve_png,
+                        dev_rows)
     print(json.dumps(summary))
 
 
@@ -257,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("train-sft", cmd_train_sft)
     sub.add_argument("--train", action="append", required=True,
                      help="training prompts (JSON lines); several make a multi-task mix")
+    sub.add_argument("--dev", help="dev prompts whose score the curve records (as evaluated)")
+    sub.add_argument("--max-examples", type=int, help="a seeded subsample of the dev prompts")
+    sub.add_argument("--sample-seed", type=int, default=0)
     training_arguments(sub)
 
     sub = command("train-rl", cmd_train_rl)

@@ -6,6 +6,18 @@ the tokenizer's EOS to each completion and builds labels from the completion mas
 (`completion_only_loss` defaults to on when the dataset has `prompt` and `completion`
 columns), so the loss covers the answer, `</Judgement>` and EOS, never the prompt.
 
+Each step computes exactly TRL's loss (the mean over the batch's completion tokens) more
+cheaply: the LM head runs only at the positions that carry loss (a few per row, instead of
+every prompt and padding position), and the batch is split into micro-batches of rows of
+similar length, at most `micro_batch_tokens` padded tokens each, whose gradients add up to
+the batch's (activations, not the weights, set the peak memory). The rows are ordered so
+that every batch holds the answers in their overall proportions (no early run of one
+answer), and the curve logs the loss on the answer's first token and how often it is the
+top token, since the loss over all completion tokens is mostly format (`</Judgement>`, EOS)
+and hides whether the label is learnt. Given dev rows, the curve also records the dev
+score every `dev_curve_every` steps: greedy first-token accuracy, the share of dev prompts
+whose most likely next token is the gold answer's first token.
+
 A run can be killed at any moment and rerun: checkpoints are sealed and resumed as
 `training` describes. On CPU a resumed run ends with the same adapter weights as an
 uninterrupted one.
@@ -30,9 +42,11 @@ from .training import (LoraSettings, check_trainer_settings, common_trainer_args
 log = logging.getLogger(__name__)
 
 # Curve column -> the key SFTTrainer logs it under.
-CURVE_SOURCES = {"step": "step", "loss": "loss", "learning_rate": "learning_rate", "epoch": "epoch"}
+CURVE_SOURCES = {"step": "step", "loss": "loss", "label_loss": "label_loss",
+                 "label_accuracy": "label_accuracy", "dev_accuracy": "dev_accuracy",
+                 "learning_rate": "learning_rate", "epoch": "epoch"}
 CURVE_COLUMNS = tuple(CURVE_SOURCES)
-CURVE_PANELS = (("loss",),)
+CURVE_PANELS = (("loss", "label_loss"), ("label_accuracy", "dev_accuracy"))
 
 
 @dataclass
@@ -47,6 +61,11 @@ class SFTSettings(LoraSettings):  # lora_* fields: the paper's LoRA
     max_length: int = 1024  # tokens per prompt+completion; longer ones are cut from the end
     packing: bool = False  # pack examples into max_length windows (the paper's 1024-token packing)
     lr_scheduler: str = "linear"  # "constant": the paper's effective schedule (see docs)
+    # Padded tokens per micro-batch (at least one row): caps the activations' memory; the
+    # micro-batches of a step add up to the same gradient as the whole batch. None: no cap.
+    micro_batch_tokens: int | None = None
+    dev_curve_every: int = 0  # steps between dev scores on the curve; 0: none
+    dev_curve_examples: int | None = None  # a seeded subsample of the dev rows given; None: all
     seed: int = 0
     # Checkpoints and logging.
     save_steps: int = 100
@@ -58,6 +77,11 @@ class SFTSettings(LoraSettings):  # lora_* fields: the paper's LoRA
 
     def __post_init__(self):
         check_trainer_settings(self)
+        if any(value is not None and value < 1
+               for value in (self.micro_batch_tokens, self.dev_curve_examples)) or \
+                self.dev_curve_every < 0:
+            raise ValueError("micro_batch_tokens and dev_curve_examples must be positive (or "
+                             "null) and dev_curve_every >= 0")
 
     @classmethod
     def from_config(cls, config: dict) -> "SFTSettings":
@@ -102,6 +126,21 @@ def _subsample(rows: list[dict], limit: int | None, rng: random.Random) -> list[
     return [rows[i] for i in sorted(rng.sample(range(len(rows)), limit))]
 
 
+def stratified_order(rows: list[dict], seed: int) -> list[dict]:
+    """The rows shuffled with `seed`, then interleaved by completion (the gold answer) so that
+    each answer is spread evenly over the run: any run of consecutive rows, such as a batch,
+    holds the answers in about their overall proportions."""
+    rng = random.Random(seed)
+    by_answer: dict[str, list[dict]] = {}
+    for row in rng.sample(rows, len(rows)):
+        by_answer.setdefault(row["completion"], []).append(row)
+    # The k-th of n rows with one answer sits at (k + u) / n of the run, u a seeded offset.
+    placed = [((k + offset) / len(group), rng.random(), row)
+              for group, offset in ((g, rng.random()) for g in by_answer.values())
+              for k, row in enumerate(group)]
+    return [row for *_, row in sorted(placed, key=lambda item: item[:2])]
+
+
 def training_dataset(rows: list[dict], tokenizer):
     """The prompt/completion dataset TRL expects, prompts as TRL must get them to tokenize them
     as evaluation does (`trl_prompt`); other row keys (idx, label, ...) are dropped."""
@@ -132,23 +171,161 @@ def trainer_config(settings: SFTSettings, work_dir: Path, device: str, dtype):
         packing=settings.packing,
         lr_scheduler_type=settings.lr_scheduler,
         logging_steps=settings.logging_steps,
+        # The rows come in `stratified_order` already; a resumed run replays the same order.
+        train_sampling_strategy="sequential",
     )
 
 
-def build_trainer(model_location: str, rows: list[dict], work_dir, settings: SFTSettings):
-    """A TRL SFTTrainer with a fresh LoRA adapter on the base model, checkpointing into
-    `work_dir`; its dataset is already tokenized, with labels on completion tokens only."""
-    from transformers import AutoModelForCausalLM, set_seed
+def length_groups(lengths: list[int], max_tokens: int | None, max_rows: int) -> list[list[int]]:
+    """Indices of `lengths` in ascending length, cut into groups of at most `max_rows` whose
+    padded size (rows × longest) stays within `max_tokens` (None: no cap); at least one row
+    each."""
+    groups, current = [], []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        # Ascending, so a group's padded size is its newest row's length times its rows.
+        if current and (len(current) == max_rows or (
+                max_tokens is not None and (len(current) + 1) * lengths[i] > max_tokens)):
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def micro_batches(inputs: dict, max_tokens: int | None) -> list[dict]:
+    """A right-padded batch split into micro-batches of rows of similar length, each at most
+    `max_tokens` padded tokens (but at least one row) and cut to its own longest row."""
+    lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    chunks = []
+    for group in length_groups(lengths, max_tokens, len(lengths)):
+        width = max(lengths[i] for i in group)
+        chunks.append({key: inputs[key][group, :width]
+                       for key in ("input_ids", "attention_mask", "labels")})
+    return chunks
+
+
+def answer_positions(labels):
+    """Where the loss sits: the mask of positions whose next token is a completion token,
+    the targets there, and which of those positions predict each row's first answer token."""
+    targets = labels[:, 1:] != -100
+    first = targets & (targets.cumsum(dim=1) == 1)
+    return targets, labels[:, 1:][targets], first[targets]
+
+
+def completion_losses(model, chunk: dict):
+    """Per-token cross-entropy at the completion positions of a micro-batch (the LM head runs
+    only there), the targets, and which of them are each row's first answer token."""
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(input_ids=chunk["input_ids"], attention_mask=chunk["attention_mask"],
+                                use_cache=False).last_hidden_state
+    targets, gold, first = answer_positions(chunk["labels"])
+    logits = base.get_output_embeddings()(hidden[:, :-1][targets]).float()
+    return F.cross_entropy(logits, gold, reduction="none"), logits.argmax(dim=-1) == gold, first
+
+
+def first_token_accuracy(model, tokenizer, rows: list[dict], max_tokens: int | None,
+                         max_rows: int) -> float:
+    """The share of `rows` whose most likely next token after the prompt is the first token
+    of the gold completion, tokenized as TRL tokenizes the training rows; scored in groups
+    of similar length as `length_groups` cuts them."""
+    import torch
+
+    from .generation import needs_special_tokens
+
+    special = needs_special_tokens(tokenizer, rows[0]["prompt"])
+    prompts = [tokenizer(r["prompt"], add_special_tokens=special)["input_ids"] for r in rows]
+    gold = [tokenizer(r["prompt"] + r["completion"], add_special_tokens=special)["input_ids"][len(p)]
+            for r, p in zip(rows, prompts)]
+    pad = tokenizer.pad_token_id
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = next(model.parameters()).device
+    correct = 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for group in length_groups([len(p) for p in prompts], max_tokens, max_rows):
+            width = max(len(prompts[i]) for i in group)
+            ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in group],
+                               device=device)
+            mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i])
+                                 for i in group], device=device)
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding: count real tokens
+            hidden = base.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                        use_cache=False).last_hidden_state[:, -1]
+            top = base.get_output_embeddings()(hidden).argmax(dim=-1).tolist()
+            correct += sum(t == gold[i] for t, i in zip(top, group))
+    model.train(was_training)
+    return correct / len(rows)
+
+
+def _trainer_class():
     from trl import SFTTrainer
+
+    class CompletionSFTTrainer(SFTTrainer):
+        """TRL's SFTTrainer whose step computes the same loss with the LM head only at
+        completion positions, in token-capped micro-batches (see the module docstring)."""
+
+        micro_batch_tokens = None
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            import torch
+
+            model.train()
+            inputs = self._prepare_inputs(inputs)
+            total = max(int((inputs["labels"][:, 1:] != -100).sum()), 1)
+            step_loss, label_losses, label_hits = 0.0, [], []
+            for chunk in micro_batches(inputs, self.micro_batch_tokens):
+                with self.compute_loss_context_manager():
+                    losses, top1, first = completion_losses(model, chunk)
+                    loss = losses.sum() / total
+                self.accelerator.backward(loss)
+                step_loss += loss.detach()
+                label_losses.append(losses.detach()[first])
+                label_hits.append(top1[first])
+            metrics = self._metrics["train"]  # SFTTrainer.log averages these into the step's log
+            metrics["label_loss"].append(torch.cat(label_losses).mean().item())
+            metrics["label_accuracy"].append(torch.cat(label_hits).float().mean().item())
+            return step_loss
+
+    return CompletionSFTTrainer
+
+
+def dev_curve_callback(trainer, dev_rows: list[dict], every: int):
+    """A Trainer callback that adds `dev_accuracy` (first_token_accuracy on `dev_rows`) to the
+    step's log every `every` steps and at the last step (before the step is logged)."""
+    from transformers import TrainerCallback
+
+    class DevCurve(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % every == 0 or state.global_step == state.max_steps:
+                accuracy = first_token_accuracy(trainer.model, trainer.processing_class,
+                                                dev_rows, trainer.micro_batch_tokens,
+                                                args.per_device_train_batch_size)
+                trainer._metrics["train"]["dev_accuracy"].append(accuracy)
+                log.info("step %d: dev first-token accuracy %.3f on %d rows",
+                         state.global_step, accuracy, len(dev_rows))
+
+    return DevCurve()
+
+
+def build_trainer(model_location: str, rows: list[dict], work_dir, settings: SFTSettings,
+                  dev_rows: list[dict] | None = None):
+    """A TRL SFTTrainer with a fresh LoRA adapter on the base model, checkpointing into
+    `work_dir`; its dataset is already tokenized, with labels on completion tokens only.
+    With `dev_rows` and `settings.dev_curve_every`, it logs the dev score as it trains."""
+    from transformers import AutoModelForCausalLM, set_seed
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     tokenizer = load_tokenizer(model_location)
-    dataset = training_dataset(rows, tokenizer)
+    dataset = training_dataset(stratified_order(rows, settings.seed), tokenizer)
     log.info("SFT of %s on %d examples, device %s, dtype %s, settings %s",
              model_location, len(rows), device, dtype, asdict(settings))
     set_seed(settings.seed)
-    trainer = SFTTrainer(
+    trainer = _trainer_class()(
         model=AutoModelForCausalLM.from_pretrained(model_location, dtype=dtype),
         args=trainer_config(settings, Path(work_dir), device, dtype),
         train_dataset=dataset,
@@ -156,6 +333,9 @@ def build_trainer(model_location: str, rows: list[dict], work_dir, settings: SFT
         peft_config=settings.lora(),
         callbacks=[sealing_callback()],
     )
+    trainer.micro_batch_tokens = settings.micro_batch_tokens
+    if dev_rows and settings.dev_curve_every:
+        trainer.add_callback(dev_curve_callback(trainer, dev_rows, settings.dev_curve_every))
     dropped = len(dataset) - len(trainer.train_dataset)
     if dropped:
         log.warning("%d examples dropped: their prompt alone fills max_length=%d",
@@ -164,23 +344,27 @@ def build_trainer(model_location: str, rows: list[dict], work_dir, settings: SFT
 
 
 def train_sft(model_location: str, rows: list[dict], adapter_dir, work_dir,
-              settings: SFTSettings, curve_csv, curve_png=None) -> dict:
+              settings: SFTSettings, curve_csv, curve_png=None,
+              dev_rows: list[dict] | None = None) -> dict:
     """Train a LoRA adapter on prompt/completion rows and save it as a PEFT folder.
 
-    Resumes from the newest sealed checkpoint in `work_dir` if there is one.
+    Resumes from the newest sealed checkpoint in `work_dir` if there is one. `dev_rows`
+    (prompt/completion rows of the dev split) only feed the curve's dev score.
     Returns a summary: steps, final training loss, examples, wall seconds, resumed step.
     """
     started = time.monotonic()
     rows = _subsample(rows, settings.max_examples, random.Random(settings.seed))
+    if dev_rows:
+        dev_rows = _subsample(dev_rows, settings.dev_curve_examples, random.Random(settings.seed))
     with exclusive_lock(work_dir, "training job"):  # before loading: a second job fails fast
-        trainer = build_trainer(model_location, rows, work_dir, settings)
+        trainer = build_trainer(model_location, rows, work_dir, settings, dev_rows)
         resumed_from_step = train_and_save_adapter(
             trainer, work_dir, adapter_dir, run_fingerprint(model_location, rows, settings), log)
 
     curve = curve_from_log_history(trainer.state.log_history, CURVE_SOURCES, logged_with="loss")
     write_curve_csv(curve, curve_csv, CURVE_COLUMNS)
     if curve_png is not None:
-        plot_curves(curve, curve_png, f"SFT loss on completion tokens, {Path(model_location).name}",
+        plot_curves(curve, curve_png, f"SFT on completion tokens, {Path(model_location).name}",
                     CURVE_PANELS)
     summary = {
         "steps": trainer.state.global_step,

@@ -19,6 +19,11 @@ this suite's cells are scored on the dev splits.
 
 A second table gives the parser effect: each cell's score under the suite's strict parser
 and under the paper's lenient one (with its random fill-in), from the same generations.
+
+`average_leaderboard_ci95` is the half-width of that average's 95% interval, from the tasks'
+bootstrap intervals: tasks are scored on separate examples, so their errors are independent
+and the average's half-width is the root of the summed squared task half-widths over the
+number of tasks (an MNLI unit combines its two sets the same way).
 """
 from __future__ import annotations
 
@@ -77,6 +82,7 @@ def benchmark_table(benchmark: str, cells: list[dict]) -> pd.DataFrame:
         row = {"model": model, "method": method, "source": "this run",
                "seeds": len({c["seed"] for c in members})}
         metrics_by_task = {}
+        unit_halves = defaultdict(list)
         examples, invalid_weighted = 0, 0.0
         for task in tasks_of(benchmark):
             task_cells = [c for c in members if c["task"] == task.name]
@@ -93,10 +99,18 @@ def benchmark_table(benchmark: str, cells: list[dict]) -> pd.DataFrame:
             metrics_by_task[task.name] = {metric: float(np.mean([c["metrics"][metric]
                                                                 for c in finished]))
                                           for metric in task.metrics}
+            if task.in_average:
+                unit_halves[_average_unit(task.name)].append(
+                    np.mean([(c["score_ci95"][1] - c["score_ci95"][0]) / 2 if "score_ci95" in c
+                             else np.nan for c in finished]))
             examples += sum(c["examples"] for c in finished) // len(finished)
             invalid_weighted += sum(c["invalid_rate"] * c["examples"] for c in finished) / len(finished)
         row["average_leaderboard"], row["tasks_in_average_leaderboard"] = average_leaderboard(
             benchmark, metrics_by_task)
+        halves = [np.sqrt(np.sum(np.square(h))) / len(h) for h in unit_halves.values()]
+        row["average_leaderboard_ci95"] = (
+            round(float(np.sqrt(np.sum(np.square(halves))) / len(halves)), 2)
+            if halves and not np.isnan(halves).any() else NO_DATA)
         if benchmark in PAPER_AVERAGE_NUMBERS:
             row["average_paper"], row["numbers_in_average_paper"] = average_paper(
                 benchmark, metrics_by_task)

@@ -154,6 +154,21 @@ def score_options(wildcards, input):
     return f"--predictions {input.predictions} --run-record {input.run_record}"
 
 
+def sft_dev_prompts(wildcards):
+    """The dev prompts an SFT curve scores (the evaluation's subsample), if it scores any."""
+    if not config.get("sft", {}).get("dev_curve_every"):
+        return []
+    task = get_task(wildcards.benchmark, wildcards.task)
+    return (
+        f"results/prompts/{wildcards.model}/{wildcards.benchmark}/{wildcards.task}/"
+        f"zero_shot/{task.eval_split}.jsonl"
+    )
+
+
+def sft_dev_options(wildcards, input):
+    return f"--dev {input.dev} {sample_options(wildcards)}" if input.dev else ""
+
+
 def train_prompts(benchmark, task_name, model):
     return prompt_file(model, benchmark, task_name, "zero_shot", None, "train")
 

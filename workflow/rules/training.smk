@@ -8,6 +8,7 @@ rule train_sft:
         train=lambda wildcards: train_prompts(
             wildcards.benchmark, wildcards.task, wildcards.model
         ),
+        dev=sft_dev_prompts,
         model=model_input,
     output:
         adapter=directory("results/adapters/{model}/{benchmark}/{task}/sft/seed{seed}"),
@@ -29,10 +30,11 @@ rule train_sft:
         location=model_location,
         gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
         settings=json_arg(GRID.sft_settings("sft")),
+        dev=sft_dev_options,
         work_dir="resources/checkpoints/{model}/{benchmark}/{task}/sft/seed{seed}",
     shell:
         NUMBER_THE_LOG
-        + "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-sft --train {input.train} "
+        + "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-sft --train {input.train} {params.dev} "
         "--model-location {params.location} --settings {params.settings} --seed {wildcards.seed} "
         "--adapter {output.adapter} --work-dir {params.work_dir} --curve-csv {output.curve} "
         "--curve-png {output.plot} > {log} 2>&1"

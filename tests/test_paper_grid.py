@@ -23,6 +23,7 @@ from conftest import corpus_lines, write_paper_standins
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = ROOT / "configs" / "paper.yaml"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+PAPER_PROMPT_FILE = ROOT.parent / "shared" / "paper-code" / "RL4GLUE-2ad8bc5" / "prompt.py"
 # One GLUE and one SuperGLUE task of the real data: a binary and a three-class task.
 TASKS = {"glue": ["rte"], "superglue": ["cb"]}
 TASK_FILES = ["glue/RTE/train.tsv", "superglue/CB/train.jsonl"]
@@ -40,12 +41,14 @@ def tiny_budgets(standins: dict[str, str]) -> dict:
     return {
         "tasks": TASKS,
         "data": {"source": "local", "local_dir": str(SHARED_DATA)},
+        "paper_code": {"prompt_file": str(PAPER_PROMPT_FILE)},
         "model_registry": {key: {"path": folder} for key, folder in standins.items()},
         "inference": dict(CPU),
         "evaluation": {"max_examples": 6},
         "sft": {**CPU, "max_examples": 8},
-        "sft_multi": {"cap_per_task": 8},
-        "ppo": {**CPU, "steps": 1, "prompts_per_step": 4},  # one mini-batch of the paper's size
+        "sft_multi": {"cap_per_task": 8, "lines_per_task": 8},
+        # one step of one mini-batch of the paper's size, instead of three passes
+        "ppo": {**CPU, "steps": 1, "passes": None, "prompts_per_step": 4},
         "ppo_multi": {"cap_per_task": 8},
         "grpo": {**CPU, "steps": 1, "prompts_per_step": 4},
     }

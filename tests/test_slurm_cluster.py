@@ -198,7 +198,7 @@ def running_job(rule: str) -> str | None:
 
 def test_scancelled_training_job_is_retried_resumes_and_matches_a_local_run(cluster_workdir,
                                                                              tmp_path):
-    from rlnlu.provenance import without_timing
+    from workflow_runs import without_timing
 
     cluster = cluster_workdir
     log = cluster / "sft.log"

@@ -274,6 +274,15 @@ def test_response_logprobs_equal_full_forward_and_generation(tiny_model_dir, rte
     assert torch.allclose(sampled.values, expected_values, atol=1e-4)
 
 
+def save_with_random_biases(model, folder) -> None:
+    """Save `model` with every bias drawn away from zero, so a test sees biases move."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".bias"):
+                parameter.normal_(0, 0.5)
+    model.save_pretrained(folder)
+
+
 @pytest.fixture(scope="module")
 def biased_model_dir(tiny_model_dir, tmp_path_factory):
     """The tiny Llama with random attention and MLP biases, which bias="lora_only" trains."""
@@ -284,11 +293,7 @@ def biased_model_dir(tiny_model_dir, tmp_path_factory):
     config.attention_bias = config.mlp_bias = True
     torch.manual_seed(1)
     model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith(".bias"):
-                parameter.normal_(0, 0.5)
-    model.save_pretrained(folder)
+    save_with_random_biases(model, folder)
     for name in os.listdir(tiny_model_dir):
         if name.startswith("tokenizer"):
             shutil.copy(Path(tiny_model_dir) / name, folder)
@@ -497,11 +502,7 @@ def tiny_qwen2_dir(tiny_model_dir, tmp_path_factory):
                          pad_token_id=tokenizer.pad_token_id, initializer_range=0.1)
     torch.manual_seed(2)
     model = Qwen2ForCausalLM(config)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith(".bias"):
-                parameter.normal_(0, 0.5)
-    model.save_pretrained(folder)
+    save_with_random_biases(model, folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 

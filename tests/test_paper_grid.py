@@ -86,7 +86,8 @@ def expected_cells() -> list[tuple[str, str, str, str]]:
 
 def check_tiny_paper_run(workdir: Path, standins: dict[str, str]) -> None:
     """Every cell of every architecture scored, each training method's adapter trained on
-    the architecture's own modules, prompts in each model's own chat format."""
+    the architecture's own modules, prompts as the config's protocol writes them (the paper's
+    raw text, or each model's own chat format)."""
     config = paper()
     for model, benchmark, task, method in expected_cells():
         cell = json.loads((workdir / f"results/metrics/{model}/{benchmark}/{task}/{method}/seed0.json")
@@ -96,16 +97,23 @@ def check_tiny_paper_run(workdir: Path, standins: dict[str, str]) -> None:
         for method in ("sft", "ppo", "grpo"):
             adapter = workdir / f"results/adapters/{model}/glue/rte/{method}/seed0"
             settings = json.loads((adapter / "adapter_config.json").read_text())
-            assert settings["bias"] == "lora_only", (model, method)
+            expected_bias = config.get(method, {}).get("lora_bias", "lora_only")
+            assert settings["bias"] == expected_bias, (model, method)
             weights = lora_tensor_names(adapter)
             assert weights, f"{model} {method}: an adapter without LoRA weights"
         if model.startswith("qwen"):  # the paper's trainable biases: Qwen2's q/k/v biases
             assert any(name.endswith(".bias") for name in lora_tensor_names(
                 workdir / f"results/adapters/{model}/glue/rte/sft/seed0")), model
     plain = (workdir / "results/prompts/mpt-7b-chat/glue/rte/zero_shot/validation.jsonl").read_text()
-    llama = (workdir / "results/prompts/llama2-7b-chat/glue/rte/few_shot/validation.jsonl").read_text()
-    qwen = (workdir / "results/prompts/qwen2.5-7b-instruct/glue/rte/zero_shot/validation.jsonl").read_text()
-    assert "[INST]" in llama and "<|im_start|>assistant" in qwen and "Human: " in plain
+    llama = (workdir / "results/prompts/llama2-7b-chat/glue/rte/few_shot/seed0/validation.jsonl"
+             ).read_text()
+    qwen = (workdir / "results/prompts/qwen2.5-7b-instruct/glue/rte/zero_shot/validation.jsonl"
+            ).read_text()
+    if config["protocol"] == "paper":  # the paper's raw text, whatever the model's template
+        assert all('"prompt": "System_prompt:\\n' in prompts for prompts in (plain, llama, qwen))
+        assert "[INST]" not in llama and "<|im_start|>" not in qwen
+    else:
+        assert "[INST]" in llama and "<|im_start|>assistant" in qwen and "Human: " in plain
     tables = {b: (workdir / f"results/tables/{b}.csv").read_text() for b in TASKS}
     for model in config["models"]:
         assert all(model in table for table in tables.values()), model

@@ -210,6 +210,12 @@ def test_scancelled_training_job_is_retried_resumes_and_matches_a_local_run(clus
             subprocess.run(["scancel", job], check=True)
             killed_job, steps_at_kill = job, sealed_checkpoints(cluster)
         time.sleep(0.2)
+    # Read the killed job's state now: slurmctld forgets it MinJobAge seconds after it ends.
+    state_deadline = time.monotonic() + 60
+    while killed_job and slurm_record(killed_job).get("JobState") in (None, "RUNNING", "COMPLETING") \
+            and time.monotonic() < state_deadline:
+        time.sleep(0.5)
+    killed_state = slurm_record(killed_job).get("JobState") if killed_job else None
     if killed_job is None:
         os.killpg(session.pid, 9)
         cancel_jobs_of(log.read_text())
@@ -230,7 +236,7 @@ def test_scancelled_training_job_is_retried_resumes_and_matches_a_local_run(clus
     assert len(attempts) == 2, attempts
     assert "--mem 48000" in attempts[0] and "-t 1440" in attempts[0]
     assert "--mem 96000" in attempts[1] and "-t 2880" in attempts[1]  # attempt 2 asks for more
-    assert slurm_record(killed_job).get("JobState") == "CANCELLED"
+    assert killed_state == "CANCELLED"
     retried = (cluster / SFT_LOG).read_text()
     resumed = re.search(r"resuming from \S*checkpoint-(\d+) at step (\d+)", retried)
     assert resumed and int(resumed.group(2)) >= steps_at_kill[-1], retried[-3000:]

@@ -344,3 +344,13 @@ def test_mix_tasks_repeat_is_the_papers_whole_copies_up_to_lines_per_task():
     counts = Counter((row["task"], row["idx"]) for row in mixed)
     assert {idx: counts[("rte", idx)] for idx in range(3)} == {0: 4, 1: 4, 2: 4}  # ceil(10/3)
     assert all(counts[("sst2", idx)] == 1 for idx in range(12))
+
+
+def test_the_papers_packed_recipe_trains(tiny_model_dir, tmp_path):
+    """`sft.packing` (the paper's 1024-token windows) has no per-row attention mask: the step
+    is TRL's own, and the run ends with an adapter."""
+    summary = train_sft(tiny_model_dir, ROWS, tmp_path / "adapter", tmp_path / "work",
+                        settings(max_steps=2, packing=True, lr_scheduler="constant",
+                                 micro_batch_tokens=64), tmp_path / "curve.csv")
+    assert summary["steps"] == 2
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()

@@ -273,6 +273,8 @@ def _trainer_class():
         def training_step(self, model, inputs, num_items_in_batch=None):
             import torch
 
+            if "attention_mask" not in inputs:  # packed rows (sft.packing): TRL's own step
+                return super().training_step(model, inputs, num_items_in_batch)
             model.train()
             inputs = self._prepare_inputs(inputs)
             total = max(int((inputs["labels"][:, 1:] != -100).sum()), 1)
@@ -337,7 +339,7 @@ def build_trainer(model_location: str, rows: list[dict], work_dir, settings: SFT
     if dev_rows and settings.dev_curve_every:
         trainer.add_callback(dev_curve_callback(trainer, dev_rows, settings.dev_curve_every))
     dropped = len(dataset) - len(trainer.train_dataset)
-    if dropped:
+    if dropped and not settings.packing:  # packing merges rows: fewer rows is no loss
         log.warning("%d examples dropped: their prompt alone fills max_length=%d",
                     dropped, settings.max_length)
     return trainer

@@ -169,6 +169,9 @@ def trainer_config(settings: SFTSettings, work_dir: Path, device: str, dtype):
         max_steps=settings.max_steps,
         max_length=settings.max_length,
         packing=settings.packing,
+        # Rows concatenated and cut into max_length windows, as the paper's ConstantLengthDataset
+        # does; TRL's default (best-fit) packing needs padding-free attention, which MPT lacks.
+        packing_strategy="wrapped",
         lr_scheduler_type=settings.lr_scheduler,
         logging_steps=settings.logging_steps,
         # The rows come in `stratified_order` already; a resumed run replays the same order.

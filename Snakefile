@@ -29,4 +29,4 @@ include: "workflow/rules/tables.smk"
 rule all:
     default_target: True
     input:
-        expand("results/tables/{benchmark}.csv", benchmark=config["benchmarks"]),
+        expand(paths.TABLE, benchmark=config["benchmarks"]),

@@ -56,6 +56,25 @@ def test_few_shot_never_shows_the_example_itself():
         assert row["prompt"].count("Premise: " + record["fields"]["premise"]) == 1
 
 
+def test_a_random_set_is_shared_by_the_cell_and_drawn_anew_per_seed():
+    pool = [_record(i, premise=f"Premise number {i}.") for i in range(40)]
+    questions = [_record(100 + i, premise=f"Question {i}.") for i in range(6)]
+
+    def demonstrations(seed):
+        style = PromptStyle(shots=3, chat_template=False, shot_selection="random_set", seed=seed)
+        return {row["prompt"].rsplit("Human: ", 1)[0] for row in render_split(RTE, questions, pool, style)}
+
+    assert len(demonstrations(0)) == 1  # every prompt opens with the same demonstrations
+    assert demonstrations(0) == demonstrations(0)
+    assert demonstrations(0) != demonstrations(1)
+    # drawn from the split it scores, a record in the set is shown the spare row instead
+    rows = list(render_split(RTE, pool, pool, PromptStyle(shots=3, chat_template=False,
+                                                           shot_selection="random_set")))
+    assert all(row["prompt"].count("Human: ") == 4 for row in rows)
+    assert all(row["prompt"].count(pool[row["idx"]]["fields"]["premise"] + "\n") == 1
+               for row in rows)
+
+
 def test_chat_template_wraps_turns(tiny_model_dir):
     from rlnlu.models import load_tokenizer
 

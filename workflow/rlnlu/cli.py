@@ -11,6 +11,7 @@ import sys
 import time
 
 from . import files
+from .prompts import SHOT_SELECTIONS
 from .protocols import PROTOCOL_NAMES
 from .tasks import get_task
 
@@ -105,9 +106,10 @@ def cmd_score(args):
 
 def _training_rows(rows_by_task: dict[str, list[dict]], settings: dict, seed: int) -> list[dict]:
     """One task's rows as they are; the tasks of a multi-task method (whose settings carry
-    `sft.MIXING_KEYS`, removed here) mixed by its rule, capped per task also when the
+    `settings.MIXING_KEYS`, removed here) mixed by its rule, capped per task also when the
     benchmark lists a single task."""
-    from .sft import MIXING_KEYS, mix_tasks
+    from .settings import MIXING_KEYS
+    from .sft import mix_tasks
 
     mixing = {key: settings.pop(key) for key in MIXING_KEYS if key in settings}
     if len(rows_by_task) == 1 and not mixing:
@@ -210,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--train")
     sub.add_argument("--model-location", required=True)
     sub.add_argument("--shots", type=int, default=0)
-    sub.add_argument("--shot-selection", choices=["random", "first"], default="random")
+    sub.add_argument("--shot-selection", choices=list(SHOT_SELECTIONS), default="random")
     sub.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=True)
     sub.add_argument("--seed", type=int, default=0)
     sub.add_argument("--paper-prompts", help="the paper's prompt.py: render with its templates")

@@ -9,13 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import paths
+from .methods import get_method
 from .protocols import Protocol, get_protocol
+from .settings import MIXING_KEYS, GRPOSettings, PPOSettings, SFTSettings
 from .tasks import Task, get_task
-
-METHODS = ("zero_shot", "few_shot", "sft", "sft_multi", "ppo", "ppo_multi", "grpo")
-# Fine-tuned models are prompted like zero-shot; only few_shot adds demonstrations.
-PROMPT_STYLE = {method: "few_shot" if method == "few_shot" else "zero_shot" for method in METHODS}
-NEEDS_TRAIN_SPLIT = {"few_shot", "sft", "sft_multi", "ppo", "ppo_multi", "grpo"}
 
 
 @dataclass(frozen=True)
@@ -28,8 +26,7 @@ class Cell:
 
     @property
     def metrics_path(self) -> str:
-        return (f"results/metrics/{self.model}/{self.benchmark}/{self.task}/"
-                f"{self.method}/seed{self.seed}.json")
+        return paths.fill(paths.METRICS, **vars(self))
 
 
 class ConfigError(ValueError):
@@ -88,33 +85,27 @@ class Grid:
     def check_method_settings(self) -> None:
         """Build each training method's settings now, so a misspelt or invalid key fails at
         parse time, naming it, instead of in a job an hour later."""
-        from .grpo import GRPOSettings
-        from .ppo import PPOSettings
-        from .sft import MIXING_KEYS, SFTSettings
-
-        builders = {"sft": SFTSettings, "sft_multi": SFTSettings, "ppo": PPOSettings,
-                    "ppo_multi": PPOSettings, "grpo": GRPOSettings}
-        for method in self.config["methods"]:
-            if method not in builders:
+        builders = {"sft": SFTSettings, "ppo": PPOSettings, "grpo": GRPOSettings}
+        for name in self.config["methods"]:
+            method = get_method(name)
+            if not method.trains:
                 continue
-            settings = (self.sft_settings(method) if method.startswith("sft")
-                        else self.rl_settings(method))
-            settings = {k: v for k, v in settings.items() if k not in MIXING_KEYS}
+            settings = {k: v for k, v in self.training_settings(name).items()
+                        if k not in MIXING_KEYS}
             try:
-                builders[method].from_config(settings)
+                builders[method.trainer].from_config(settings)
             except (TypeError, ValueError) as err:
-                raise ConfigError(f"{method.removesuffix('_multi')}: {err}") from None
-            if self.seed_method(method) and self.seed_method(method) not in self.config["methods"]:
+                raise ConfigError(f"{method.trainer}: {err}") from None
+            if (seed := self.seed_method(name)) and seed not in self.config["methods"]:
                 raise ConfigError(
-                    f"{method} is seeded from {self.seed_method(method)} (as in the paper), but "
-                    f"methods does not list {self.seed_method(method)}; add it, or set "
-                    f"{method.removesuffix('_multi')}.seed_from: base")
+                    f"{name} is seeded from {seed} (as in the paper), but methods does not "
+                    f"list {seed}; add it, or set {method.trainer}.seed_from: base")
 
     # ---- data ----
     def splits_needed(self, cell: Cell) -> list[tuple[Task, str]]:
         task = get_task(cell.benchmark, cell.task)
         needed = [(task, task.eval_split)]
-        if cell.method in NEEDS_TRAIN_SPLIT:
+        if get_method(cell.method).needs_train_split:
             needed.append((task.train_task, "train"))
         return needed
 
@@ -130,9 +121,10 @@ class Grid:
         return self.config["model_registry"][model]["source"] == "embedded"
 
     def model_location(self, model: str) -> str:
-        from .models import model_location
-
-        return model_location(self.config["model_registry"][model], model)
+        """Where transformers loads the model from: the converted folder, or the hub id/path."""
+        if self.is_embedded(model):
+            return paths.fill(paths.EMBEDDED_MODEL, model=model)
+        return self.config["model_registry"][model]["path"]
 
     @property
     def protocol(self) -> Protocol:
@@ -147,28 +139,30 @@ class Grid:
     def adapter_dir(self, model: str, benchmark: str, task: str, method: str, seed) -> str:
         """Single-task adapters are trained on the task's training data (MNLI-mm and the
         diagnostics use MNLI's or RTE's); multi-task adapters are one per benchmark."""
-        if method.endswith("_multi"):
-            return f"results/adapters/{model}/{benchmark}/all_tasks/{method}/seed{seed}"
-        owner = get_task(benchmark, task).train_task.name
-        return f"results/adapters/{model}/{benchmark}/{owner}/{method}/seed{seed}"
+        return paths.fill(paths.adapter(method), model=model, benchmark=benchmark,
+                          task=get_task(benchmark, task).train_task.name, seed=seed)
 
     def seed_method(self, method: str) -> str | None:
         """The method whose adapter an RL method starts from (the paper seeds PPO from SFT)."""
-        if method not in ("ppo", "ppo_multi", "grpo"):
+        spec = get_method(method)
+        if not spec.is_rl or self.config.get(spec.trainer, {}).get("seed_from", "sft") == "base":
             return None
-        if self.config.get(method.removesuffix("_multi"), {}).get("seed_from", "sft") == "base":
-            return None
-        return "sft_multi" if method == "ppo_multi" else "sft"
+        return spec.starts_from
 
     def adapter_chain(self, cell: Cell) -> list[str]:
         """Adapters merged in order before evaluating the cell: [] for prompting methods,
         [sft] for SFT, [sft, ppo] for PPO seeded from SFT."""
-        if cell.method in ("zero_shot", "few_shot"):
+        return [self.adapter_dir(cell.model, cell.benchmark, cell.task, m, cell.seed)
+                for m in self.method_chain(cell.method)]
+
+    def method_chain(self, method: str) -> list[str]:
+        """The trained methods whose adapters a method's cells stack, in training order."""
+        if not get_method(method).trains:
             return []
-        chain = [cell.method]
+        chain = [method]
         while (parent := self.seed_method(chain[0])) is not None:
             chain.insert(0, parent)
-        return [self.adapter_dir(cell.model, cell.benchmark, cell.task, m, cell.seed) for m in chain]
+        return chain
 
     def multi_task_train_tasks(self, benchmark: str) -> list[Task]:
         """Distinct training tasks of a benchmark's configured tasks that have training data."""
@@ -185,18 +179,13 @@ class Grid:
 
         return missing_data_message(task, split, self.config["data"]["local_dir"])
 
-    def sft_settings(self, method: str) -> dict:
-        """SFT settings for `sft` or `sft_multi` (the latter overrides the former's)."""
-        settings = dict(self.config.get("sft", {}))
-        if method == "sft_multi":
+    def training_settings(self, method: str) -> dict:
+        """A trained method's settings: its trainer's section (`sft`, `ppo`, `grpo`), with a
+        multi-task method's own section (`sft_multi`, `ppo_multi`) over it."""
+        spec = get_method(method)
+        settings = dict(self.config.get(spec.trainer, {}))
+        if spec.multi_task:
             settings.pop("max_examples", None)  # the mix caps per task instead
-            settings.update(self.config.get("sft_multi", {}))
-        return settings
-
-    def rl_settings(self, method: str) -> dict:
-        """Settings of an RL method's trainer: `ppo` / `grpo`, with `ppo_multi`'s overrides."""
-        settings = dict(self.config.get(method.removesuffix("_multi"), {}))
-        if method.endswith("_multi"):
             settings.update(self.config.get(method, {}))
         settings.pop("seed_from", None)  # where training starts is the workflow's business
         return settings
@@ -218,10 +207,8 @@ class Grid:
         }
         if cell.method == "few_shot":
             settings["prompts"] = config["prompts"]
-        chain = self.adapter_chain(cell)
-        for method in (m for m in METHODS if any(f"/{m}/" in path for path in chain)):
-            settings[method] = (self.sft_settings(method) if method.startswith("sft")
-                                else self.rl_settings(method))
-            if not method.startswith("sft"):
+        for method in self.method_chain(cell.method):
+            settings[method] = self.training_settings(method)
+            if get_method(method).is_rl:
                 settings["reward"] = config["reward"]
         return settings

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from . import answers
@@ -48,9 +48,9 @@ from .files import exclusive_lock
 from .generation import trl_prompt
 from .models import load_model, load_tokenizer, resolve_device, resolve_dtype
 from .tasks import Task
-from .training import (LoraSettings, check_trainer_settings, common_trainer_args,
-                       curve_from_log_history, plot_curves, run_fingerprint,
-                       sealing_callback, settings_from_config, train_and_save_adapter,
+from .settings import GRPOSettings
+from .training import (common_trainer_args, curve_from_log_history, plot_curves,
+                       run_fingerprint, sealing_callback, train_and_save_adapter,
                        write_curve_csv)
 
 log = logging.getLogger(__name__)
@@ -71,45 +71,6 @@ CURVE_SOURCES = {
 }
 CURVE_COLUMNS = tuple(CURVE_SOURCES)
 CURVE_PANELS = (("reward",), ("accuracy", "invalid_rate"), ("kl",), ("entropy",))
-
-
-@dataclass
-class GRPOSettings(LoraSettings):  # lora_* fields: the paper's LoRA, as in SFT
-    # Optimisation.
-    learning_rate: float = 1e-5
-    prompts_per_step: int = 8  # prompts per optimizer step; each gets num_generations answers
-    num_generations: int = 4  # the group size (at least 2)
-    gradient_accumulation: int = 1  # micro-batches per step; must divide prompts × generations
-    steps: int = 100  # optimizer steps
-    # Sampling and the objective.
-    max_completion_length: int = 16
-    temperature: float = 1.0
-    beta: float = 0.04  # KL coefficient (TRL's own default is 0.0: no KL term)
-    seed: int = 0
-    # Checkpoints and logging.
-    save_steps: int = 50
-    save_total_limit: int = 2  # >= 2: the previous sealed checkpoint survives while the next is written
-    # Hardware.
-    dtype: str = "auto"
-    device: str = "auto"
-
-    def __post_init__(self):
-        check_trainer_settings(self)
-        if self.num_generations < 2:
-            raise ValueError("GRPO needs num_generations >= 2: advantages are relative to the group")
-        if self.prompts_per_step < 1 or self.steps < 1:
-            raise ValueError("prompts_per_step and steps must be at least 1")
-        if self.gradient_accumulation < 1 or self.completions_per_step % self.gradient_accumulation:
-            raise ValueError(f"gradient_accumulation ({self.gradient_accumulation}) must divide "
-                             f"prompts_per_step × num_generations ({self.completions_per_step})")
-
-    @property
-    def completions_per_step(self) -> int:
-        return self.prompts_per_step * self.num_generations
-
-    @classmethod
-    def from_config(cls, config: dict) -> "GRPOSettings":
-        return settings_from_config(cls, config, "grpo")
 
 
 # ---------------------------------------------------------------- the reward

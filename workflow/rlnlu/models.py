@@ -49,13 +49,6 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def model_location(spec: dict, key: str, models_dir: str = "resources/models") -> str:
-    """Where transformers should load the model from: the converted folder or the hub id/path."""
-    if spec["source"] == "embedded":
-        return str(Path(models_dir) / key)
-    return spec["path"]
-
-
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     if name == "auto":
         # bf16 on GPUs; on CPUs fp32 is 2.5-3x faster than bf16.

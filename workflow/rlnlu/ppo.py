@@ -37,7 +37,7 @@ import shutil
 import warnings
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -51,8 +51,8 @@ from .files import exclusive_lock
 from .generation import needs_special_tokens
 from .models import load_tokenizer, resolve_device, resolve_dtype
 from .tasks import Task, get_task
-from .training import (LoraSettings, plot_curves, resume_point, run_fingerprint, save_adapter,
-                       settings_from_config, write_curve_csv)
+from .settings import PPOSettings, steps_per_pass
+from .training import plot_curves, resume_point, run_fingerprint, save_adapter, write_curve_csv
 
 logger = logging.getLogger(__name__)
 CURVE_COLUMNS = (
@@ -75,84 +75,7 @@ CURVE_PANELS = (("reward", "shaped_return"), ("accuracy", "invalid_rate", "major
 
 # ---------------------------------------------------------------- settings
 
-@dataclass
-class KLSettings:
-    init_kl_coef: float = 0.2
-    adaptive: bool = True
-    target: float = 6.0
-    horizon: int = 10000
-
-
-@dataclass
-class PPOSettings(LoraSettings):  # lora_* fields: the paper's LoRA, as in SFT and GRPO
-    kl: KLSettings = field(default_factory=KLSettings)
-    learning_rate: float = 9e-6
-    optimizer: str = "adafactor"  # or "adamw"
-    prompts_per_step: int = 16
-    # The budget: a fixed number of steps, or (steps: null) passes over the train rows,
-    # each pass a fresh shuffle cut into steps of prompts_per_step (the last one shorter).
-    steps: int | None = 100
-    passes: float | None = None
-    mini_batch_size: int = 4
-    gradient_accumulation: int = 1  # mini-batches per optimizer step
-    ppo_epochs: int = 3
-    temperature: float = 1.0
-    top_k: int = 0  # 0: no top-k filtering
-    top_p: float = 1.0
-    response_length_min: int = 12  # the response length is drawn per step from [min, max]
-    response_length_max: int = 32
-    stop_at_close_tag: bool = True  # a sequence ends at </Judgement> as well as at EOS
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    max_grad_norm: float | None = 1.0  # null: no gradient clipping
-    ratio_threshold: float | None = 10.0  # skip a mini-batch whose mean ratio exceeds it
-    whiten_advantages: bool = True
-    # TRL 0.11's optional reward processing and early stop, all off by default:
-    score_scaling: bool = False  # divide task rewards by their running standard deviation
-    score_norm: bool = False  # ... and subtract their running mean first (needs scaling)
-    score_clip: float | None = None  # clip task rewards to ±score_clip
-    whiten_rewards: bool = False  # whiten per-token rewards (mean kept) before GAE
-    target_kl: float | None = None  # stop the PPO epochs once policy KL > 1.5 · target_kl
-    save_steps: int = 50
-    seed: int = 0
-    dtype: str = "auto"
-    device: str = "auto"
-
-    @classmethod
-    def from_config(cls, config: dict | None) -> "PPOSettings":
-        """Settings from a config mapping, its `kl` section nested; unknown keys are a
-        TypeError naming them."""
-        config = dict(config or {})
-        if "kl" in config:
-            config["kl"] = settings_from_config(KLSettings, config["kl"], "ppo.kl")
-        settings = settings_from_config(cls, config, "ppo")
-        if settings.optimizer not in ("adafactor", "adamw"):
-            raise ValueError(f"ppo.optimizer must be adafactor or adamw, "
-                             f"not {settings.optimizer!r}")
-        if not 1 <= settings.response_length_min <= settings.response_length_max:
-            raise ValueError("ppo needs 1 <= response_length_min <= response_length_max")
-        if (settings.steps is None) == (settings.passes is None):
-            raise ValueError("ppo needs exactly one budget: steps (a number of steps) or "
-                             "passes (over the train split); set the other to null")
-        if settings.score_norm and not settings.score_scaling:
-            raise ValueError("ppo.score_norm needs ppo.score_scaling: true")
-        return settings
-
-    def total_steps(self, rows: int) -> int:
-        """The steps of the budget: `steps`, or `passes` over `rows` prompt rows."""
-        if self.steps is not None:
-            return self.steps
-        return math.ceil(self.passes * steps_per_pass(rows, self.prompts_per_step))
-
-
 # ---------------------------------------------------------------- which prompts
-
-def steps_per_pass(rows: int, prompts_per_step: int) -> int:
-    return math.ceil(rows / prompts_per_step)
-
 
 def prompts_of_step(rows: int, prompts_per_step: int, seed: int, step: int) -> list[int]:
     """Indices of the rows a step (from 0) answers: each pass over the rows is a fresh seeded

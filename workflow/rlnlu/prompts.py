@@ -29,11 +29,20 @@ FIELD_NAMES = {
 }
 
 
+# How few-shot demonstrations are drawn from the train split, with the cell's seed:
+SHOT_SELECTIONS = {
+    "random": "a fresh random draw for every prompt",
+    "random_set": "one random draw shared by every prompt of the cell (a new set per seed): "
+                  "the evaluator then encodes the demonstrations once",
+    "first": "the first k rows (the paper's code)",
+}
+
+
 @dataclass(frozen=True)
 class PromptStyle:
     shots: int = 0  # 0 for zero-shot; the paper's few-shot uses 5
     chat_template: bool = True  # wrap in the model's own chat template
-    shot_selection: str = "random"  # "random" (seeded) or "first" (the paper's first k rows)
+    shot_selection: str = "random"  # one of SHOT_SELECTIONS
     seed: int = 0
     paper_templates: dict | None = None  # protocol: paper: the templates of its prompt.py
 
@@ -97,6 +106,18 @@ def choose_shots(pool: list[dict], k: int, selection: str, rng: random.Random,
     return rng.sample(candidates, k)
 
 
+def shot_chooser(pool: list[dict] | None, style: PromptStyle, pool_is_eval_split: bool):
+    """A function record -> its demonstrations, drawn as `style.shot_selection` says."""
+    rng = random.Random(style.seed)
+    if style.shot_selection == "random_set":
+        # one spare row: a record drawn into the set is shown the spare instead of itself
+        drawn = choose_shots(pool or [], style.shots + pool_is_eval_split, "random", rng)
+        return lambda record: [r for r in drawn if r["idx"] != record["idx"]][:style.shots]
+    return lambda record: choose_shots(
+        pool or [], style.shots, style.shot_selection, rng,
+        exclude_idx=record["idx"] if pool_is_eval_split else None)
+
+
 def subsample(records: list[dict], limit: int | None, seed: int) -> list[dict]:
     """A seeded subsample of at most `limit` items, keeping whole groups (MultiRC questions,
     ReCoRD queries) together so per-question metrics stay meaningful. Order is preserved."""
@@ -112,12 +133,9 @@ def subsample(records: list[dict], limit: int | None, seed: int) -> list[dict]:
 def render_split(task: Task, records: list[dict], train_pool: list[dict] | None,
                  style: PromptStyle, tokenizer=None):
     """Yield prompt rows: the record's identity and gold label plus the rendered prompt."""
-    rng = random.Random(style.seed)
+    shots_for = shot_chooser(train_pool, style, train_pool is records)
     for record in records:
-        shots = []
-        if style.shots:
-            shots = choose_shots(train_pool or [], style.shots, style.shot_selection, rng,
-                                 exclude_idx=record["idx"] if train_pool is records else None)
+        shots = shots_for(record) if style.shots else []
         row = {key: record[key] for key in ("idx", "label", "group", "answers", "fields") if key in record}
         if style.paper_templates:
             yield dict(row, **_paper_texts(task, record, shots, style.paper_templates))

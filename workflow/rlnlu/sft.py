@@ -28,15 +28,15 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from .files import exclusive_lock
 from .generation import trl_prompt
 from .models import load_tokenizer, resolve_device, resolve_dtype
-from .training import (LoraSettings, check_trainer_settings, common_trainer_args,
-                       curve_from_log_history, plot_curves, run_fingerprint,
-                       sealing_callback, settings_from_config, train_and_save_adapter,
+from .settings import MIXING_RULES, SFTSettings
+from .training import (common_trainer_args, curve_from_log_history, plot_curves,
+                       run_fingerprint, sealing_callback, train_and_save_adapter,
                        write_curve_csv)
 
 log = logging.getLogger(__name__)
@@ -47,50 +47,6 @@ CURVE_SOURCES = {"step": "step", "loss": "loss", "label_loss": "label_loss",
                  "learning_rate": "learning_rate", "epoch": "epoch"}
 CURVE_COLUMNS = tuple(CURVE_SOURCES)
 CURVE_PANELS = (("loss", "label_loss"), ("label_accuracy", "dev_accuracy"))
-
-
-@dataclass
-class SFTSettings(LoraSettings):  # lora_* fields: the paper's LoRA
-    # Optimisation.
-    learning_rate: float = 2e-4
-    batch_size: int = 8
-    gradient_accumulation: int = 1
-    epochs: float = 1.0
-    max_steps: int = -1  # a cap on optimizer steps; -1 trains for `epochs`
-    max_examples: int | None = None  # a seeded subsample of the training rows
-    max_length: int = 1024  # tokens per prompt+completion; longer ones are cut from the end
-    packing: bool = False  # pack examples into max_length windows (the paper's 1024-token packing)
-    lr_scheduler: str = "linear"  # "constant": the paper's effective schedule (see docs)
-    # Padded tokens per micro-batch (at least one row): caps the activations' memory; the
-    # micro-batches of a step add up to the same gradient as the whole batch. None: no cap.
-    micro_batch_tokens: int | None = None
-    dev_curve_every: int = 0  # steps between dev scores on the curve; 0: none
-    dev_curve_examples: int | None = None  # a seeded subsample of the dev rows given; None: all
-    seed: int = 0
-    # Checkpoints and logging.
-    save_steps: int = 100
-    save_total_limit: int = 2  # >= 2: the previous sealed checkpoint survives while the next is written
-    logging_steps: int = 1
-    # Hardware.
-    dtype: str = "auto"
-    device: str = "auto"
-
-    def __post_init__(self):
-        check_trainer_settings(self)
-        if any(value is not None and value < 1
-               for value in (self.micro_batch_tokens, self.dev_curve_examples)) or \
-                self.dev_curve_every < 0:
-            raise ValueError("micro_batch_tokens and dev_curve_examples must be positive (or "
-                             "null) and dev_curve_every >= 0")
-
-    @classmethod
-    def from_config(cls, config: dict) -> "SFTSettings":
-        return settings_from_config(cls, config, "sft")
-
-
-# The multi-task settings: how tasks are mixed, not how the trainer trains.
-MIXING_KEYS = ("mixing", "cap_per_task", "lines_per_task")
-MIXING_RULES = ("upsample", "proportional", "repeat")
 
 
 def mix_tasks(rows_by_task: dict[str, list[dict]], rule: str, seed: int,

@@ -13,60 +13,13 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 from . import checkpoints
 from .files import atomic_dir, atomic_path, read_json, write_json
-from .models import lora_config
 
 log = logging.getLogger(__name__)
-
-DTYPES = ("auto", "float32", "bfloat16")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-# ---------------------------------------------------------------- settings
-
-@dataclass
-class LoraSettings:
-    """The paper's LoRA (see models.lora_config). Every method's settings inherit these flat
-    `lora_*` keys, so a config spells LoRA the same way for SFT, PPO and GRPO."""
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_rslora: bool = True
-    lora_bias: str = "lora_only"
-    lora_target_modules: str | list[str] | None = "all-linear"  # None: PEFT's per model
-
-    def lora(self):
-        return lora_config(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
-                           rslora=self.lora_rslora, bias=self.lora_bias,
-                           target_modules=self.lora_target_modules)
-
-
-def settings_from_config(cls, config: dict | None, section: str):
-    """`cls` built from a config mapping (`section` names it in errors); a misspelt key is an
-    error, not a silently kept default."""
-    config = config or {}
-    known = {field.name for field in fields(cls)}
-    unknown = sorted(set(config) - known)
-    if unknown:
-        raise TypeError(f"unknown {section} setting(s): {', '.join(unknown)}; "
-                        f"known settings are {', '.join(sorted(known))}")
-    return cls(**config)
-
-
-def check_trainer_settings(settings) -> None:
-    """The checks SFT and GRPO settings share: both run on TRL's Trainer."""
-    if settings.dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, not {settings.dtype!r}")
-    if settings.device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, not {settings.device!r}")
-    if settings.save_total_limit < 2:
-        raise ValueError("save_total_limit must be at least 2, or a kill while saving "
-                         "could leave no sealed checkpoint")
-
 
 # ---------------------------------------------------------------- TRL Trainer runs
 

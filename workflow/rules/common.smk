@@ -9,7 +9,8 @@ from snakemake.utils import validate
 # The package holding all logic; jobs import it from the installed environment.
 sys.path.insert(0, os.path.join(workflow.basedir, "workflow"))
 
-from rlnlu import grid  # noqa: E402
+from rlnlu import grid, paths  # noqa: E402
+from rlnlu.methods import METHOD_NAMES, get_method  # noqa: E402
 from rlnlu.tasks import get_task  # noqa: E402
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -41,7 +42,7 @@ wildcard_constraints:
     model="|".join(map(re.escape, config["model_registry"])),
     benchmark="glue|superglue",
     task="[a-z0-9_]+",
-    method="|".join(grid.METHODS),
+    method="|".join(METHOD_NAMES),
     split="train|validation|test",
     seed="[0-9]+",
 
@@ -61,25 +62,25 @@ def json_arg(value):
     return shlex.quote(json.dumps(value, sort_keys=True))
 
 
-def prompt_records(wildcards):
-    return (
-        f"resources/data/{wildcards.benchmark}/{wildcards.task}/{wildcards.split}.jsonl"
+def few_shot_pool(wildcards):
+    train_task = get_task(wildcards.benchmark, wildcards.task).train_task
+    return paths.fill(
+        paths.RECORDS,
+        benchmark=wildcards.benchmark,
+        task=train_task.name,
+        split="train",
     )
 
 
-def few_shot_pool(wildcards):
-    train_task = get_task(wildcards.benchmark, wildcards.task).train_task
-    return f"resources/data/{wildcards.benchmark}/{train_task.name}/train.jsonl"
-
-
 def prompt_file(model, benchmark, task, method, seed, split):
-    """The prompts a method reads: few_shot's are drawn per seed, the rest share zero-shot's."""
-    if grid.PROMPT_STYLE[method] == "few_shot":
-        return f"results/prompts/{model}/{benchmark}/{task}/few_shot/seed{seed}/{split}.jsonl"
-    return f"results/prompts/{model}/{benchmark}/{task}/zero_shot/{split}.jsonl"
-
-
-PAPER_CODE_FILE = "resources/paper_code/prompt.py"
+    return paths.fill(
+        paths.prompts(method),
+        model=model,
+        benchmark=benchmark,
+        task=task,
+        seed=seed,
+        split=split,
+    )
 
 
 def reward_settings():
@@ -88,7 +89,7 @@ def reward_settings():
 
 
 def paper_code_input(wildcards):
-    return [PAPER_CODE_FILE] if GRID.protocol.paper_prompts else []
+    return [paths.PAPER_CODE] if GRID.protocol.paper_prompts else []
 
 
 def paper_code_option(wildcards):
@@ -159,9 +160,13 @@ def sft_dev_prompts(wildcards):
     if not config.get("sft", {}).get("dev_curve_every"):
         return []
     task = get_task(wildcards.benchmark, wildcards.task)
-    return (
-        f"results/prompts/{wildcards.model}/{wildcards.benchmark}/{wildcards.task}/"
-        f"zero_shot/{task.eval_split}.jsonl"
+    return prompt_file(
+        wildcards.model,
+        wildcards.benchmark,
+        wildcards.task,
+        "sft",
+        wildcards.seed,
+        task.eval_split,
     )
 
 
@@ -174,7 +179,7 @@ def train_prompts(benchmark, task_name, model):
 
 
 def rl_train_tasks(wildcards, method):
-    if method.endswith("_multi"):
+    if get_method(method).multi_task:
         return GRID.multi_task_train_tasks(wildcards.benchmark)
     return [get_task(wildcards.benchmark, wildcards.task)]
 
@@ -231,7 +236,6 @@ def submission_tasks(wildcards):
 
 def submission_predictions(wildcards):
     return [
-        f"results/test_predictions/{wildcards.model}/{t.benchmark}/{t.name}/"
-        f"{wildcards.method}/seed{wildcards.seed}.jsonl"
+        paths.fill(paths.TEST_PREDICTIONS, task=t.name, **wildcards)
         for t in submission_tasks(wildcards)
     ]

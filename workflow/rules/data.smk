@@ -3,7 +3,7 @@
 
 rule prepare_data:
     output:
-        "resources/data/{benchmark}/{task}/{split}.jsonl",
+        paths.RECORDS,
     log:
         "logs/prepare_data/{benchmark}/{task}/{split}.log",
     conda:

@@ -8,8 +8,8 @@ rule evaluate:
         model=model_input,
         adapters=eval_adapters,
     output:
-        predictions="results/predictions/{model}/{benchmark}/{task}/{method}/seed{seed}.jsonl",
-        run_record="results/predictions/{model}/{benchmark}/{task}/{method}/seed{seed}.run.json",
+        predictions=paths.PREDICTIONS,
+        run_record=paths.RUN_RECORD,
     log:
         "logs/evaluate/{model}/{benchmark}/{task}/{method}/seed{seed}.log",
     benchmark:
@@ -42,7 +42,7 @@ rule score:
     input:
         unpack(score_input),
     output:
-        "results/metrics/{model}/{benchmark}/{task}/{method}/seed{seed}.json",
+        paths.METRICS,
     log:
         "logs/score/{model}/{benchmark}/{task}/{method}/seed{seed}.log",
     conda:
@@ -69,28 +69,21 @@ use rule evaluate as evaluate_test with:
         model=model_input,
         adapters=eval_adapters,
     output:
-        predictions="results/test_predictions/{model}/{benchmark}/{task}/{method}/seed{seed}.jsonl",
-        run_record="results/test_predictions/{model}/{benchmark}/{task}/{method}/seed{seed}.run.json",
+        predictions=paths.TEST_PREDICTIONS,
+        run_record=paths.TEST_RUN_RECORD,
     log:
         "logs/evaluate_test/{model}/{benchmark}/{task}/{method}/seed{seed}.log",
     benchmark:
         "benchmarks/evaluate_test/{model}/{benchmark}/{task}/{method}/seed{seed}.tsv"
     params:
-        location=model_location,
-        gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
-        inference=config["inference"],
-        adapters=lambda wildcards, input: " ".join(
-            f"--adapter {a}" for a in input.adapters
-        ),
-        sample="",
-        protocol=config["protocol"],
+        sample="",  # every test example (the other params are evaluate's)
 
 
 rule submission:
     input:
         submission_predictions,
     output:
-        "results/submissions/{model}/{method}/seed{seed}/{benchmark}.zip",
+        paths.SUBMISSION,
     log:
         "logs/submission/{model}/{method}/seed{seed}/{benchmark}.log",
     conda:

@@ -4,7 +4,7 @@
 
 rule convert_embedded_model:
     output:
-        directory("resources/models/{model}"),
+        directory(paths.EMBEDDED_MODEL),
     log:
         "logs/convert_embedded_model/{model}.log",
     benchmark:

@@ -8,7 +8,7 @@
 # The paper's prompt.py at its pinned commit, checked by sha256 (read, never executed).
 rule obtain_paper_code:
     output:
-        "resources/paper_code/prompt.py",
+        paths.PAPER_CODE,
     log:
         "logs/obtain_paper_code.log",
     conda:
@@ -22,11 +22,11 @@ rule obtain_paper_code:
 
 rule render_prompts:
     input:
-        records=prompt_records,
+        records=paths.RECORDS,
         model=model_input,
         paper_code=paper_code_input,
     output:
-        "results/prompts/{model}/{benchmark}/{task}/zero_shot/{split}.jsonl",
+        paths.ZERO_SHOT_PROMPTS,
     log:
         "logs/render_prompts/{model}/{benchmark}/{task}/zero_shot/{split}.log",
     conda:
@@ -47,12 +47,12 @@ rule render_prompts:
 
 use rule render_prompts as render_few_shot_prompts with:
     input:
-        records=prompt_records,
+        records=paths.RECORDS,
         train=few_shot_pool,
         model=model_input,
         paper_code=paper_code_input,
     output:
-        "results/prompts/{model}/{benchmark}/{task}/few_shot/seed{seed}/{split}.jsonl",
+        paths.FEW_SHOT_PROMPTS,
     log:
         "logs/render_prompts/{model}/{benchmark}/{task}/few_shot/seed{seed}/{split}.log",
     params:

@@ -9,21 +9,21 @@ rule tables:
         ],
     output:
         csv=report(
-            "results/tables/{benchmark}.csv",
+            paths.TABLE,
             caption="../report/table.rst",
             category="Tables",
             labels={"benchmark": "{benchmark}", "table": "scores"},
         ),
-        markdown="results/tables/{benchmark}.md",
+        markdown=paths.TABLE_MARKDOWN,
         parser_csv=report(
-            "results/tables/{benchmark}_parser_effect.csv",
+            paths.PARSER_EFFECT,
             caption="../report/parser_effect.rst",
             category="Tables",
             labels={"benchmark": "{benchmark}", "table": "parser effect"},
         ),
-        parser_markdown="results/tables/{benchmark}_parser_effect.md",
+        parser_markdown=paths.PARSER_EFFECT_MARKDOWN,
         plot=report(
-            "results/plots/{benchmark}_scores.png",
+            paths.SCORES_PLOT,
             caption="../report/scores.rst",
             category="Scores",
             labels={"benchmark": "{benchmark}"},

@@ -11,10 +11,10 @@ rule train_sft:
         dev=sft_dev_prompts,
         model=model_input,
     output:
-        adapter=directory("results/adapters/{model}/{benchmark}/{task}/sft/seed{seed}"),
-        curve="results/curves/{model}/{benchmark}/{task}/sft/seed{seed}.csv",
+        adapter=directory(paths.adapter("sft")),
+        curve=paths.curve("sft"),
         plot=report(
-            "results/plots/curves/{model}/{benchmark}/{task}/sft/seed{seed}.png",
+            paths.curve_plot("sft"),
             caption="../report/curve.rst",
             category="Training curves",
             subcategory="sft",
@@ -29,9 +29,9 @@ rule train_sft:
     params:
         location=model_location,
         gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
-        settings=json_arg(GRID.sft_settings("sft")),
+        settings=json_arg(GRID.training_settings("sft")),
         dev=sft_dev_options,
-        work_dir="resources/checkpoints/{model}/{benchmark}/{task}/sft/seed{seed}",
+        work_dir=paths.checkpoints("sft"),
     shell:
         NUMBER_THE_LOG
         + "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-sft --train {input.train} {params.dev} "
@@ -48,12 +48,10 @@ rule train_sft_multi:
         ],
         model=model_input,
     output:
-        adapter=directory(
-            "results/adapters/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}"
-        ),
-        curve="results/curves/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}.csv",
+        adapter=directory(paths.adapter("sft_multi")),
+        curve=paths.curve("sft_multi"),
         plot=report(
-            "results/plots/curves/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}.png",
+            paths.curve_plot("sft_multi"),
             caption="../report/curve.rst",
             category="Training curves",
             subcategory="sft_multi",
@@ -68,11 +66,11 @@ rule train_sft_multi:
     params:
         location=model_location,
         gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
-        settings=json_arg(GRID.sft_settings("sft_multi")),
+        settings=json_arg(GRID.training_settings("sft_multi")),
         train=lambda wildcards, input: " ".join(
             f"--train {path}" for path in input.train
         ),
-        work_dir="resources/checkpoints/{model}/{benchmark}/all_tasks/sft_multi/seed{seed}",
+        work_dir=paths.checkpoints("sft_multi"),
     shell:
         NUMBER_THE_LOG
         + "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-sft {params.train} "
@@ -86,10 +84,10 @@ rule train_ppo:
         unpack(lambda wildcards: rl_inputs(wildcards, "ppo")),
         model=model_input,
     output:
-        adapter=directory("results/adapters/{model}/{benchmark}/{task}/ppo/seed{seed}"),
-        curve="results/curves/{model}/{benchmark}/{task}/ppo/seed{seed}.csv",
+        adapter=directory(paths.adapter("ppo")),
+        curve=paths.curve("ppo"),
         plot=report(
-            "results/plots/curves/{model}/{benchmark}/{task}/ppo/seed{seed}.png",
+            paths.curve_plot("ppo"),
             caption="../report/curve.rst",
             category="Training curves",
             subcategory="ppo",
@@ -106,9 +104,9 @@ rule train_ppo:
         gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
         algorithm="ppo",
         options=lambda wildcards, input: rl_train_options(wildcards, input, "ppo"),
-        settings=json_arg(GRID.rl_settings("ppo")),
+        settings=json_arg(GRID.training_settings("ppo")),
         reward=reward_settings(),
-        work_dir="resources/checkpoints/{model}/{benchmark}/{task}/ppo/seed{seed}",
+        work_dir=paths.checkpoints("ppo"),
     shell:
         NUMBER_THE_LOG
         + "OMP_NUM_THREADS={threads} {params.gpu}python -m rlnlu train-rl --algorithm {params.algorithm} {params.options} "
@@ -123,12 +121,10 @@ use rule train_ppo as train_ppo_multi with:
         unpack(lambda wildcards: rl_inputs(wildcards, "ppo_multi")),
         model=model_input,
     output:
-        adapter=directory(
-            "results/adapters/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}"
-        ),
-        curve="results/curves/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}.csv",
+        adapter=directory(paths.adapter("ppo_multi")),
+        curve=paths.curve("ppo_multi"),
         plot=report(
-            "results/plots/curves/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}.png",
+            paths.curve_plot("ppo_multi"),
             caption="../report/curve.rst",
             category="Training curves",
             subcategory="ppo_multi",
@@ -137,14 +133,10 @@ use rule train_ppo as train_ppo_multi with:
         "logs/train_ppo_multi/{model}/{benchmark}/seed{seed}.log",
     benchmark:
         "benchmarks/train_ppo_multi/{model}/{benchmark}/seed{seed}.tsv"
-    params:
-        location=model_location,
-        gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
-        algorithm="ppo",
+    params:  # with train_ppo's other params
         options=lambda wildcards, input: rl_train_options(wildcards, input, "ppo_multi"),
-        settings=json_arg(GRID.rl_settings("ppo_multi")),
-        reward=reward_settings(),
-        work_dir="resources/checkpoints/{model}/{benchmark}/all_tasks/ppo_multi/seed{seed}",
+        settings=json_arg(GRID.training_settings("ppo_multi")),
+        work_dir=paths.checkpoints("ppo_multi"),
 
 
 use rule train_ppo as train_grpo with:
@@ -152,10 +144,10 @@ use rule train_ppo as train_grpo with:
         unpack(lambda wildcards: rl_inputs(wildcards, "grpo")),
         model=model_input,
     output:
-        adapter=directory("results/adapters/{model}/{benchmark}/{task}/grpo/seed{seed}"),
-        curve="results/curves/{model}/{benchmark}/{task}/grpo/seed{seed}.csv",
+        adapter=directory(paths.adapter("grpo")),
+        curve=paths.curve("grpo"),
         plot=report(
-            "results/plots/curves/{model}/{benchmark}/{task}/grpo/seed{seed}.png",
+            paths.curve_plot("grpo"),
             caption="../report/curve.rst",
             category="Training curves",
             subcategory="grpo",
@@ -164,11 +156,8 @@ use rule train_ppo as train_grpo with:
         "logs/train_grpo/{model}/{benchmark}/{task}/seed{seed}.log",
     benchmark:
         "benchmarks/train_grpo/{model}/{benchmark}/{task}/seed{seed}.tsv"
-    params:
-        location=model_location,
-        gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
+    params:  # with train_ppo's other params
         algorithm="grpo",
         options=lambda wildcards, input: rl_train_options(wildcards, input, "grpo"),
-        settings=json_arg(GRID.rl_settings("grpo")),
-        reward=reward_settings(),
-        work_dir="resources/checkpoints/{model}/{benchmark}/{task}/grpo/seed{seed}",
+        settings=json_arg(GRID.training_settings("grpo")),
+        work_dir=paths.checkpoints("grpo"),

@@ -1,0 +1,52 @@
+"""The settings layer and the config schema name the same settings with the same values, so
+a setting is added in one place (workflow/rlnlu/settings.py) and the schema can only
+disagree by failing here."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from rlnlu import settings
+from rlnlu.settings import GRPOSettings, KLSettings, PPOSettings, SFTSettings
+
+SCHEMA = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml")
+                        .read_text(encoding="utf-8"))
+DEFINITIONS = SCHEMA["definitions"]
+WORKFLOW_ONLY = {"seed", "seed_from"}  # the seed is the cell's; seed_from is the planner's
+
+
+def _names(cls) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def test_schema_hardware_values_are_the_settings_layers():
+    assert tuple(DEFINITIONS["dtype"]["enum"]) == settings.DTYPES
+    assert tuple(DEFINITIONS["device"]["enum"]) == settings.DEVICES
+
+
+def test_schema_names_every_trainer_setting_and_no_other():
+    sft = set(DEFINITIONS["sft_settings"]["properties"])
+    assert sft == _names(SFTSettings) - WORKFLOW_ONLY
+    rl = set(DEFINITIONS["rl_settings"]["properties"]) - WORKFLOW_ONLY
+    assert rl - {"kl"} <= _names(PPOSettings) | _names(GRPOSettings)
+    assert _names(PPOSettings) - WORKFLOW_ONLY == rl - {"num_generations", "max_completion_length",
+                                                         "beta", "save_total_limit"}
+    assert set(DEFINITIONS["rl_settings"]["properties"]["kl"]["properties"]) == _names(KLSettings)
+    mixing = set(SCHEMA["properties"]["sft_multi"]["properties"])
+    assert mixing == set(settings.MIXING_KEYS)
+
+
+def test_parsing_the_workflow_does_not_import_torch():
+    """The planner builds every trainer's settings (configs/paper.yaml has all seven methods)
+    without importing torch, so `snakemake -n` stays quick."""
+    code = ("import sys, yaml; sys.path.insert(0, 'workflow'); from rlnlu import grid; "
+            "config = yaml.safe_load(open('configs/paper.yaml')); "
+            "grid.Grid.from_config(config).check_method_settings(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1], check=True)
+    assert out.stdout.strip() == "False"

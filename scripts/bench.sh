@@ -21,8 +21,8 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export PYTHONPATH="$PWD/workflow${PYTHONPATH:+:$PYTHONPATH}"
-python -m rlnlu.bench "$@"
+export PYTHONPATH="$PWD/workflow:$PWD${PYTHONPATH:+:$PYTHONPATH}"  # rlnlu, and bench itself
+python -m bench "$@"
 if [[ $# -eq 0 ]]; then  # the full benchmark also checks PPO against TRL 0.11.4 (the paper's)
     bash scripts/ppo_oracle.sh
 fi

@@ -3,13 +3,24 @@ tiny model shape, the Markdown table writer on fake measurements, the paper-scal
 from __future__ import annotations
 
 import math
+from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
-from rlnlu import bench
-from rlnlu.bench import (GpuSpec, ModelShape, forward_flops, generation_flops, markdown_table,
-                         ppo_step_flops, project_paper_scale, sft_step_flops, train_flops)
+from bench.__main__ import parse_args
+from bench.config import deep_merge
+from bench.flops import (ModelShape, forward_flops, generation_flops, ppo_step_flops,
+                         sft_step_flops, train_flops)
+from bench.measure import check_model
+from bench.projection import (COMPLETION_TOKENS, PAPER_MODELS, TASK_SIZES, GpuSpec, mixed_sizes,
+                              paper_config, project_paper_scale, projection_settings,
+                              projection_table)
+from bench.summary import fmt, format_report, markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY_CONFIG = SimpleNamespace(num_hidden_layers=2, hidden_size=8, intermediate_size=16,
                               num_attention_heads=2, num_key_value_heads=1, vocab_size=10)
@@ -33,6 +44,8 @@ def test_shape_counts_by_hand(tiny):
     assert tiny.lora_params(2, "all-linear") == 2 * (112 + 3 * 2 * 24)
     with pytest.raises(ValueError, match="no linear layer"):
         tiny.lora_params(2, ["c_attn"])
+    # None: PEFT's default targets, the query and value projections
+    assert tiny.lora_params(2, None) == tiny.lora_params(2, ["q_proj", "v_proj"]) == 2 * 56
 
 
 def test_smollm2_shape_matches_its_parameter_count():
@@ -50,6 +63,8 @@ def test_mpt_style_mlp_has_two_matrices():
     assert set(shape.linear_shapes()) == {"q_proj", "k_proj", "v_proj", "o_proj", "up_proj",
                                           "down_proj"}
     assert shape.block_params == 4 * 64 + 2 * 256
+    # PEFT's default for MPT is its fused Wqkv (8 -> 24): r·(8 + 24), as much as q and v apart
+    assert shape.lora_params(2, None) == 2 * (8 + 24)
 
 
 def test_forward_flops_by_hand(tiny):
@@ -103,12 +118,12 @@ def test_markdown_table_escapes_and_blanks():
 
 
 def test_fmt_significant_digits():
-    assert bench.fmt(None) is None
-    assert bench.fmt(0.123456) == "0.123"
-    assert bench.fmt(12.3456) == "12.3"
-    assert bench.fmt(123456.7) == "123,457"
-    assert bench.fmt(42) == "42"
-    assert bench.fmt(float("nan")) == "nan"
+    assert fmt(None) is None
+    assert fmt(0.123456) == "0.123"
+    assert fmt(12.3456) == "12.3"
+    assert fmt(123456.7) == "123,457"
+    assert fmt(42) == "42"
+    assert fmt(float("nan")) == "nan"
 
 
 def fake_results(**overrides):
@@ -149,7 +164,7 @@ def rows_by_name(report: str) -> dict[str, list[str]]:
 
 
 def test_report_rows_and_verdicts():
-    report = bench.format_report(fake_results())
+    report = format_report(fake_results())
     rows = rows_by_name(report)
     evaluation = rows["Evaluation throughput, examples/s (SST-2 dev, 256 examples)"]
     assert evaluation == ["7", "2", "3.5×", "≥ 3×", "yes"]
@@ -166,7 +181,7 @@ def test_report_rows_and_verdicts():
     assert rows["Planning `snakemake -n --configfile configs/paper.yaml`, s (1265 jobs)"] == \
         ["8.5", "—", "—", "≤ 10 s", "yes"]
     assert "smoke check" not in report
-    assert "smoke check" in bench.format_report(fake_results(quick=True))
+    assert "smoke check" in format_report(fake_results(quick=True))
 
 
 def test_report_shows_a_side_that_failed():
@@ -176,7 +191,7 @@ def test_report_shows_a_side_that_failed():
                       "baseline": {"status": "error",
                                    "error": "Traceback ...\nImportError: cannot import name X"}}
     results["planning"] = {"status": "error", "error": "ValidationError: bad config"}
-    report = bench.format_report(results)
+    report = format_report(results)
     rows = rows_by_name(report)
     time_row = rows["PPO step wall time, s (8 prompts × 16 tokens)"]
     assert time_row[:2] == ["4", "error: ImportError: cannot import name X"]
@@ -188,72 +203,172 @@ def test_report_shows_a_side_that_failed():
 
 # ---------------------------------------------------------------- projection
 
+def grid_config(**sections) -> dict:
+    """A config laid out as config.yaml with what the projection reads, at toy sizes;
+    `sections` are merged over it."""
+    lora = {"lora_r": 2, "lora_target_modules": QKVO}
+    config = {
+        "protocol": "suite",
+        "inference": {"batch_size": 2, "max_new_tokens": 3},
+        "evaluation": {"max_examples": None},
+        "sft": {"epochs": 1, "device": "cpu", **lora},  # on CPU TRL recomputes nothing
+        "sft_multi": {"mixing": "upsample"},
+        "ppo": {"steps": None, "passes": 1, "prompts_per_step": 2, "ppo_epochs": 1,
+                "response_length_min": 2, "response_length_max": 2, "dtype": "float32", **lora},
+        "ppo_multi": {"mixing": "upsample"},
+        "grpo": {"steps": 1, "prompts_per_step": 1, "num_generations": 2,
+                 "max_completion_length": 2, "device": "cpu", **lora},
+    }
+    return deep_merge(config, sections)
+
+
+def by_method(config: dict, shape: ModelShape, tasks: dict, gpu: GpuSpec | None = None) -> dict:
+    return {r["method"]: r for r in project_paper_scale(config, gpu or GpuSpec(), {"m": shape},
+                                                        tasks)}
+
+
 def test_projection_arithmetic_on_one_tiny_task(tiny):
     gpu = GpuSpec(name="toy", peak_flops=1e6, utilisation=0.5, memory_bandwidth=1e3,
                   bytes_per_param=2)
     tasks = {"glue/t": ("t", 10, 4, 6, 20, 7, True)}  # 10 train, 4 eval rows
-    settings = {"eval_batch_size": 2, "max_new_tokens": 3, "ppo_steps": 2, "ppo_prompts": 2,
-                "ppo_epochs": 1, "ppo_response": 2, "grpo_steps": 1, "grpo_prompts": 1,
-                "grpo_generations": 2, "grpo_response": 2, "lora_rank": 2,
-                "lora_targets": QKVO, "activation_checkpointing": False}
-    rows = project_paper_scale(settings, gpu, {"m": tiny}, tasks)
-    by_method = {r["method"]: r for r in rows}
-    assert list(by_method) == ["zero_shot", "few_shot", "sft", "sft_multi", "ppo", "ppo_multi",
-                               "grpo"]
+    rows = by_method(grid_config(), tiny, tasks, gpu)
+    assert list(rows) == ["zero_shot", "few_shot", "sft", "sft_multi", "ppo", "ppo_multi",
+                          "grpo"]
     weights = 1152 + 80
     # zero-shot: prefill of 4 prompts of 6 tokens (+ first-token logits) at 0.5e6 FLOP/s,
     # then 2 batches x 2 decode steps, each max(weights*2 bytes / 1e3 B/s, compute)
     prefill = 4 * (2 * 1152 * 6 + 64 * 36 + 2 * 80)
     decode = 2 * 2 * max(weights * 2 / 1e3, 2 * weights * 2 / 0.5e6)
-    zero = by_method["zero_shot"]
+    zero = rows["zero_shot"]
     assert zero["pflop"] == pytest.approx(prefill / 1e15)
     assert zero["gpu_hours"] * 3600 == pytest.approx(prefill / 0.5e6 + decode)
-    assert by_method["few_shot"]["gpu_hours"] > zero["gpu_hours"]
+    assert rows["few_shot"]["gpu_hours"] > zero["gpu_hours"]
     # SFT: 10 rows of 7 tokens, loss on COMPLETION_TOKENS positions, 1 epoch, + evaluation
-    per_row = train_flops(tiny, [7], bench.COMPLETION_TOKENS, tiny.lora_params(2, QKVO))
-    assert by_method["sft"]["pflop"] * 1e15 == pytest.approx(10 * per_row + prefill)
+    per_row = train_flops(tiny, [7], COMPLETION_TOKENS, tiny.lora_params(2, QKVO))
+    assert rows["sft"]["pflop"] * 1e15 == pytest.approx(10 * per_row + prefill)
     # one task: the multi-task mix is the task itself
-    assert by_method["sft_multi"]["pflop"] == pytest.approx(by_method["sft"]["pflop"])
-    assert by_method["ppo_multi"]["gpu_hours"] == pytest.approx(by_method["ppo"]["gpu_hours"])
-    for row in rows:
+    assert rows["sft_multi"]["pflop"] == pytest.approx(rows["sft"]["pflop"])
+    assert rows["ppo_multi"]["gpu_hours"] == pytest.approx(rows["ppo"]["gpu_hours"])
+    for row in rows.values():
         assert row["gpu_hours"] == pytest.approx(row["compute_hours"] + row["decode_hours"])
 
 
-def test_projection_upsamples_multi_task_sft(tiny):
+def training_cost(config: dict, shape: ModelShape, tasks: dict) -> dict:
+    """(PFLOP, decode hours) of each method's training: its row less the evaluation."""
+    rows = by_method(config, shape, tasks)
+    zero = rows["zero_shot"]
+    return {method: (row["pflop"] - zero["pflop"], row["decode_hours"] - zero["decode_hours"])
+            for method, row in rows.items()}
+
+
+def test_projected_ppo_makes_passes_over_each_train_split(tiny):
+    # two tasks with the same prompt lengths, so that every step costs the same
+    tasks = {"glue/a": ("a", 100, 1, 6, 20, 7, True), "glue/b": ("b", 40, 1, 6, 20, 7, True)}
+    ppo = {"passes": 3, "prompts_per_step": 16}
+    passes = training_cost(grid_config(ppo=ppo), tiny, tasks)
+    one_step = training_cost(grid_config(ppo=dict(ppo, steps=1, passes=None)), tiny, tasks)
+    step = {method: (one_step[method][0] / adapters, one_step[method][1] / adapters)
+            for method, adapters in (("ppo", 2), ("ppo_multi", 1))}  # one step per adapter
+    # A pass over 100 rows is 6 steps of 16 prompts and a last one of 4 (rlnlu.ppo cuts each
+    # pass so), 3 passes are 21 steps; over 40 rows, 2 steps of 16 and one of 8: 9 steps.
+    assert passes["ppo"] == pytest.approx(tuple((21 + 9) * x for x in step["ppo"]))
+    # ppo_multi: one adapter per benchmark over the mix; upsampled, b draws 100 rows too:
+    # 200 rows, 13 steps a pass (12 of 16, one of 8), 39 steps
+    assert passes["ppo_multi"] == pytest.approx(tuple(39 * x for x in step["ppo_multi"]))
+    # kept in proportion: 140 rows, 9 steps a pass, 27 steps
+    proportional = training_cost(grid_config(ppo=ppo, ppo_multi={"mixing": "proportional"}),
+                                 tiny, tasks)
+    assert proportional["ppo_multi"] == pytest.approx(tuple(27 * x for x in step["ppo_multi"]))
+
+
+def test_projected_grpo_runs_its_configured_steps_per_task(tiny):
+    tasks = {"glue/a": ("a", 100, 1, 6, 20, 7, True), "glue/b": ("b", 40, 1, 6, 20, 7, True)}
+    five = training_cost(grid_config(grpo={"steps": 5}), tiny, tasks)["grpo"]
+    one = training_cost(grid_config(grpo={"steps": 1}), tiny, tasks)["grpo"]
+    assert five == pytest.approx(tuple(5 * x for x in one))  # whatever the tasks' sizes
+    # β = 0: TRL makes no reference pass, and the step costs that forward pass less
+    without_kl = training_cost(grid_config(grpo={"steps": 1, "beta": 0.0}), tiny, tasks)["grpo"]
+    reference = 2 * forward_flops(tiny, [6 + 2] * 2, 2 * 2)  # 2 tasks, 2 answers of 2 tokens
+    assert (one[0] - without_kl[0]) * 1e15 == pytest.approx(reference)
+
+
+def test_projection_mixes_multi_task_sft_by_the_configured_rule(tiny):
     tasks = {"glue/a": ("a", 10, 1, 5, 10, 5, True), "glue/b": ("b", 2, 1, 5, 10, 5, True),
              "glue/c": ("a", 0, 1, 5, 10, 5, True)}  # c trains on a's data: no adapter of its own
-    base = {"lora_rank": 2, "lora_targets": QKVO, "activation_checkpointing": False}
-    rows = {r["method"]: r for r in project_paper_scale(base, GpuSpec(), {"m": tiny}, tasks)}
-    eval_flops = rows["zero_shot"]["pflop"]
-    single = rows["sft"]["pflop"] - eval_flops
-    multi = rows["sft_multi"]["pflop"] - eval_flops
-    assert multi / single == pytest.approx(20 / 12)  # b upsampled from 2 to 10 rows
-    proportional = {r["method"]: r for r in project_paper_scale(
-        dict(base, sft_multi_mixing="proportional"), GpuSpec(), {"m": tiny}, tasks)}
-    assert proportional["sft_multi"]["pflop"] == pytest.approx(rows["sft"]["pflop"])
+
+    def multi_over_single(mixing: dict) -> float:
+        cost = training_cost(grid_config(sft_multi=mixing), tiny, tasks)
+        return cost["sft_multi"][0] / cost["sft"][0]
+
+    assert multi_over_single({"mixing": "upsample"}) == pytest.approx(20 / 12)  # b: 2 -> 10 rows
+    assert multi_over_single({"mixing": "proportional"}) == pytest.approx(1)
+    # the paper's rule: a task under lines_per_task rows repeated whole up to it, b 3 times
+    assert multi_over_single({"mixing": "repeat", "lines_per_task": 5}) == pytest.approx(16 / 12)
+
+
+@pytest.mark.parametrize("mixing", [
+    {"mixing": "upsample"}, {"mixing": "proportional"}, {"mixing": "repeat", "lines_per_task": 7},
+    {"mixing": "upsample", "cap_per_task": 3}, {"mixing": "repeat", "cap_per_task": 3,
+                                                "lines_per_task": 7}])
+def test_mixed_sizes_count_what_mix_tasks_draws(mixing):
+    from rlnlu.sft import mix_tasks
+
+    sizes = {"a": 5, "b": 2, "c": 9}
+    rows = {task: [{"task": task, "i": i} for i in range(n)] for task, n in sizes.items()}
+    rule = dict(mixing)
+    drawn = mix_tasks(rows, rule.pop("mixing"), 0, **rule)
+    assert Counter(row["task"] for row in drawn) == mixed_sizes(sizes, **mixing)
+
+
+def test_projection_reads_the_paper_config_merged_over_the_default():
+    default = yaml.safe_load((ROOT / "config.yaml").read_text())
+    paper = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    settings = projection_settings(paper_config())
+    for key in ("passes", "prompts_per_step", "ppo_epochs"):
+        assert settings["ppo"][key] == paper["ppo"][key]
+    assert settings["ppo"]["steps"] is None  # the paper's budget is passes, not steps
+    assert settings["ppo"]["response_tokens"] == paper["ppo"]["response_length_max"]
+    assert settings["grpo"]["steps"] == paper["grpo"]["steps"]
+    assert settings["eval"]["batch_size"] == paper["inference"]["batch_size"]
+    # ppo_multi: ppo's keys under its own, as the workflow merges them
+    assert settings["ppo_multi"]["mixing"]["mixing"] == paper["ppo_multi"]["mixing"]
+    assert settings["ppo_multi"]["passes"] == paper["ppo"]["passes"]
+    # the paper protocol draws 24-31 new tokens per batch; the suite's stops at config.yaml's cap
+    assert settings["eval"]["new_tokens"] == 31
+    suite = projection_settings(deep_merge(paper_config(), {"protocol": "suite"}))
+    assert suite["eval"]["new_tokens"] == default["inference"]["max_new_tokens"]
+    assert settings["sft_multi"]["mixing"]["mixing"] == paper["sft_multi"]["mixing"]
+
+
+def test_deep_merge_merges_mappings_and_replaces_the_rest():
+    base = {"ppo": {"steps": 12, "kl": {"adaptive": False, "target": 6}}, "models": ["a"]}
+    over = {"ppo": {"steps": None, "kl": {"adaptive": True}}, "models": ["b", "c"]}
+    assert deep_merge(base, over) == {"ppo": {"steps": None, "kl": {"adaptive": True, "target": 6}},
+                                      "models": ["b", "c"]}
+    assert base["ppo"] == {"steps": 12, "kl": {"adaptive": False, "target": 6}}  # not changed
 
 
 def test_projection_of_the_paper_grid_is_complete_and_positive():
     rows = project_paper_scale()
-    assert len(rows) == len(bench.PAPER_MODELS) * 7
+    assert len(rows) == len(PAPER_MODELS) * 7
     assert all(r["gpu_hours"] > 0 and math.isfinite(r["gpu_hours"]) for r in rows)
-    table = bench.projection_table(rows)
+    table = projection_table(rows)
     assert "**total**" in table and "llama2-7b-chat" in table
     # every task of configs/paper.yaml has sizes
-    assert len(bench.TASK_SIZES) == 21
+    assert len(TASK_SIZES) == 21
 
 
 # ---------------------------------------------------------------- the command
 
 def test_quick_defaults_and_unknown_sections():
-    args = bench.parse_args(["--quick"])
+    args = parse_args(["--quick"])
     assert (args.eval_examples, args.ppo_prompts, args.ppo_tokens, args.sft_batch) == (8, 2, 4, 2)
-    args = bench.parse_args([])
+    args = parse_args([])
     assert (args.eval_examples, args.ppo_prompts, args.ppo_tokens, args.sft_batch) == (256, 8, 16, 8)
     with pytest.raises(SystemExit):
-        bench.parse_args(["--only", "eval,bogus"])
+        parse_args(["--only", "eval,bogus"])
 
 
 def test_missing_model_names_the_convert_rule(tmp_path):
     with pytest.raises(SystemExit, match="snakemake --cores 1 resources/models/smollm2-135m"):
-        bench.check_model(str(tmp_path / "nowhere"))
+        check_model(str(tmp_path / "nowhere"))

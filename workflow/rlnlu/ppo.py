@@ -34,6 +34,7 @@ import logging
 import math
 import random
 import shutil
+import time
 import warnings
 from collections import Counter
 from contextlib import contextmanager
@@ -650,18 +651,31 @@ def answer_statistics(tasks: list[Task], texts: list[str], golds: list) -> dict:
 def train_ppo(model_location: str, rows: list[dict], task: Task | None, adapter_dir, work_dir,
               settings: PPOSettings, curve_csv, curve_png=None, seed_adapter: str | None = None,
               reward_scheme: RewardScheme | None = None,
-              log: Callable[[str], None] = logger.info) -> dict:
+              log: Callable[[str], None] = logger.info,
+              on_step: Callable[[dict], None] | None = None) -> dict:
     """Train a LoRA adapter with PPO on prompt rows ("prompt" ending in <Judgement>, "label")
     and save it as a sealed PEFT folder in `adapter_dir`. Resumes from the newest sound
     checkpoint in `work_dir`; a killed and resumed run ends with the same adapter as an
-    uninterrupted one. Only one job at a time may use `work_dir`; a second fails at once."""
+    uninterrupted one. Only one job at a time may use `work_dir`; a second fails at once.
+    `on_step`, if given, is called after every step with {"step", "step_seconds" (from just
+    before the rollout to just after the update, synchronised on CUDA), "reward",
+    "response_tokens_mean"}: how the benchmark times steps."""
     with exclusive_lock(work_dir, "training job"):
         return _train_ppo(model_location, rows, task, adapter_dir, work_dir, settings, curve_csv,
-                          curve_png, seed_adapter, reward_scheme, log)
+                          curve_png, seed_adapter, reward_scheme, log, on_step)
+
+
+def _settled_clock(model) -> float:
+    """time.perf_counter() once the model's device has finished the work queued on it (CUDA
+    runs asynchronously: without the wait a step's time would land in the next one)."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _train_ppo(model_location, rows, task, adapter_dir, work_dir, settings, curve_csv, curve_png,
-               seed_adapter, reward_scheme, log) -> dict:
+               seed_adapter, reward_scheme, log, on_step) -> dict:
     from tqdm.auto import tqdm
 
     rows = [row for row in rows if row.get("label") is not None]
@@ -695,6 +709,8 @@ def _train_ppo(model_location, rows, task, adapter_dir, work_dir, settings, curv
         sample = [rows[i] for i in prompts_of_step(len(rows), settings.prompts_per_step,
                                                    settings.seed, step)]
         length = rng.randint(settings.response_length_min, settings.response_length_max)
+        if on_step:
+            started = _settled_clock(model)
         with torch.no_grad():
             sampled = rollout(model, tokenizer, [row["prompt"] for row in sample], length,
                               settings, value_head)
@@ -708,6 +724,8 @@ def _train_ppo(model_location, rows, task, adapter_dir, work_dir, settings, curv
 
         # 3-7. reference, shaping, GAE, PPO epochs, KL control
         stats, _ = ppo_step(learner, sampled, score, settings)
+        if on_step:
+            step_seconds = _settled_clock(model) - started
 
         curve.append({
             "step": step + 1, "reward": score.mean().item(),
@@ -718,6 +736,10 @@ def _train_ppo(model_location, rows, task, adapter_dir, work_dir, settings, curv
         progress.set_postfix(reward=f"{curve[-1]['reward']:.3f}", kl=f"{stats['kl']:.3f}")
         if settings.save_steps and (step + 1) % settings.save_steps == 0:
             save_checkpoint(work_dir, step + 1, learner, rng, curve)
+        if on_step:
+            on_step({"step": step + 1, "step_seconds": step_seconds,
+                     "reward": curve[-1]["reward"],
+                     "response_tokens_mean": curve[-1]["response_length"]})
     progress.close()
 
     save_adapter(model, adapter_dir)

@@ -246,7 +246,8 @@ def _child_ppo_project(spec: dict) -> dict:
     train_ppo itself from the start of its rollout to the end of its PPO update."""
     import torch
 
-    from rlnlu.ppo import KLSettings, PPOSettings, train_ppo
+    from rlnlu.ppo import train_ppo
+    from rlnlu.settings import KLSettings, PPOSettings
     from rlnlu.tasks import get_task
 
     n = len(spec["rows"])
@@ -534,7 +535,8 @@ def bench_sft(args, device: str, shape: ModelShape, matmul: dict | None) -> dict
     from transformers import AutoModelForCausalLM
 
     from rlnlu.models import load_tokenizer, resolve_dtype
-    from rlnlu.sft import SFTSettings, build_trainer
+    from rlnlu.settings import SFTSettings
+    from rlnlu.sft import build_trainer
 
     batch, warmup, steps = args.sft_batch, args.sft_warmup, args.sft_steps
     tokenizer = load_tokenizer(args.model)

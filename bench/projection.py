@@ -71,14 +71,12 @@ def paper_config() -> dict:
 
 def projection_settings(config: dict) -> dict:
     """What sets the grid's cost, per method, from `config` (laid out as config.yaml). Each
-    training section is handed over as the workflow hands it to its trainer (`Grid.sft_settings`,
-    `Grid.rl_settings`, the mixing keys split off as `cli._training_rows` does) and read through
-    the trainer's settings class, so what the config leaves out takes the trainer's default."""
+    training section is handed over as the workflow hands it to its trainer
+    (`Grid.training_settings`, the mixing keys split off as `cli._training_rows` does) and read
+    through the settings layer, so what the config leaves out takes the trainer's default."""
     from rlnlu.grid import Grid
-    from rlnlu.grpo import GRPOSettings
-    from rlnlu.ppo import PPOSettings
     from rlnlu.protocols import get_protocol
-    from rlnlu.sft import MIXING_KEYS, SFTSettings
+    from rlnlu.settings import MIXING_KEYS, GRPOSettings, PPOSettings, SFTSettings
 
     grid = Grid.from_config(config)
 
@@ -97,13 +95,13 @@ def projection_settings(config: dict) -> dict:
         "new_tokens": drawn[1] - 1 if drawn else inference["max_new_tokens"],
         "max_examples": config.get("evaluation", {}).get("max_examples")}}
     for method in ("sft", "sft_multi"):
-        section, mixing = without_mixing(grid.sft_settings(method))
+        section, mixing = without_mixing(grid.training_settings(method))
         sft = SFTSettings.from_config(section)
         # TRL's trainers recompute activations (checkpointing) wherever they run on a GPU
         settings[method] = {"epochs": sft.epochs, "max_examples": sft.max_examples,
                             "recompute": sft.device != "cpu", **lora(sft), "mixing": mixing}
     for method in ("ppo", "ppo_multi"):
-        section, mixing = without_mixing(grid.rl_settings(method))
+        section, mixing = without_mixing(grid.training_settings(method))
         ppo = PPOSettings.from_config(section)
         settings[method] = {
             "steps": ppo.steps, "passes": ppo.passes, "prompts_per_step": ppo.prompts_per_step,
@@ -111,7 +109,7 @@ def projection_settings(config: dict) -> dict:
             # below fp32 the sampling pass's log-probabilities are not exact, and one more
             # forward pass recomputes them (rlnlu.ppo.cached_pass_is_exact)
             "policy_forward": ppo.dtype != "float32", **lora(ppo), "mixing": mixing}
-    grpo = GRPOSettings.from_config(grid.rl_settings("grpo"))
+    grpo = GRPOSettings.from_config(grid.training_settings("grpo"))
     settings["grpo"] = {"steps": grpo.steps, "prompts_per_step": grpo.prompts_per_step,
                         "num_generations": grpo.num_generations,
                         "response_tokens": grpo.max_completion_length,
@@ -139,7 +137,7 @@ def mixed_sizes(sizes: dict[str, int], mixing: str = "upsample", cap_per_task: i
 def ppo_steps(ppo: dict, rows: int) -> int:
     """Steps of one PPO adapter trained on `rows` prompt rows, by the trainer's own budget:
     `steps`, or `passes` over the rows, each pass cut into steps of `prompts_per_step`."""
-    from rlnlu.ppo import PPOSettings
+    from rlnlu.settings import PPOSettings
 
     budget = PPOSettings(steps=ppo["steps"], passes=ppo["passes"],
                          prompts_per_step=ppo["prompts_per_step"])

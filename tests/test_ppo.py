@@ -725,10 +725,13 @@ def test_killed_and_resumed_run_equals_uninterrupted(learnable_model_dir, rte_ro
     assert any(m.startswith("resuming from") for m in messages), messages
     assert resumed["resumed_from_step"] >= 2
 
-    straight = tmp_path / "straight"
+    straight = tmp_path / "straight"  # timed by a step callback, which changes nothing
+    timed = []
     ppo.train_ppo(learnable_model_dir, rows, RTE, straight / "adapter", straight / "work",
                   settings, straight / "curve.csv", reward_scheme=yes_or_not,
-                  log=lambda message: None)
+                  log=lambda message: None, on_step=timed.append)
+    assert [t["step"] for t in timed] == list(range(1, settings.total_steps(len(rows)) + 1))
+    assert all(t["step_seconds"] > 0 and t["response_tokens_mean"] > 0 for t in timed)
     resumed_tensors = load_file(killed / "adapter" / "adapter_model.safetensors")
     straight_tensors = load_file(straight / "adapter" / "adapter_model.safetensors")
     assert resumed_tensors.keys() == straight_tensors.keys()

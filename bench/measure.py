@@ -100,7 +100,8 @@ def check_data(data: str) -> None:
 
 def _sst2_rows(data: str, split: str, tokenizer, limit: int | None, seed: int) -> list[dict]:
     from rlnlu.data import load_split
-    from rlnlu.prompts import PromptStyle, render_split, subsample
+    from rlnlu.prompts import PromptStyle, render_split
+    from rlnlu.sampling import subsample
     from rlnlu.tasks import get_task
 
     task = get_task("glue", "sst2")
@@ -338,7 +339,7 @@ def _child_ppo_trl(spec: dict) -> dict:
     from rlnlu.generation import needs_special_tokens
     from rlnlu.models import load_tokenizer, resolve_device, resolve_dtype
     from rlnlu.tasks import get_task
-    from rlnlu.training import LoraSettings
+    from rlnlu.settings import LoraSettings
 
     device = resolve_device(spec["device"])
     dtype = resolve_dtype(spec["dtype"], device)

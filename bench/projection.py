@@ -121,7 +121,7 @@ def projection_settings(config: dict) -> dict:
 def mixed_sizes(sizes: dict[str, int], mixing: str = "upsample", cap_per_task: int | None = None,
                 lines_per_task: int = 30000) -> dict[str, int]:
     """Rows each task puts into a multi-task mix of tasks with `sizes` rows, by the rules of
-    `rlnlu.sft.mix_tasks` (counted, not drawn: ReCoRD alone has 1.4M rows)."""
+    `rlnlu.sampling.mix_tasks` (counted, not drawn: ReCoRD alone has 1.4M rows)."""
     capped = {task: min(n, cap_per_task) if cap_per_task else n for task, n in sizes.items()}
     if mixing == "upsample":
         largest = max(capped.values(), default=0)

@@ -311,7 +311,7 @@ def test_projection_mixes_multi_task_sft_by_the_configured_rule(tiny):
     {"mixing": "upsample", "cap_per_task": 3}, {"mixing": "repeat", "cap_per_task": 3,
                                                 "lines_per_task": 7}])
 def test_mixed_sizes_count_what_mix_tasks_draws(mixing):
-    from rlnlu.sft import mix_tasks
+    from rlnlu.sampling import mix_tasks
 
     sizes = {"a": 5, "b": 2, "c": 9}
     rows = {task: [{"task": task, "i": i} for i in range(n)] for task, n in sizes.items()}

@@ -2,7 +2,8 @@
 import pytest
 
 from rlnlu.answers import CLOSE_TAG, OPEN_TAG, parse_answer
-from rlnlu.prompts import PromptStyle, completion, render, render_split, subsample
+from rlnlu.prompts import PromptStyle, completion, render, render_split
+from rlnlu.sampling import subsample
 from rlnlu.tasks import get_task
 
 RTE = get_task("glue", "rte")

@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 from rlnlu import checkpoints
-from rlnlu.sft import (SFTSettings, build_trainer, first_token_accuracy, mix_tasks,
-                       stratified_order, train_sft)
+from rlnlu.sampling import mix_tasks, stratified_order
+from rlnlu.sft import SFTSettings, build_trainer, first_token_accuracy, train_sft
 
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflow"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -63,7 +63,7 @@ def cmd_evaluate(args):
     from .models import load_model, load_tokenizer
 
     from .models import resolve_device
-    from .prompts import subsample
+    from .sampling import subsample
     from .protocols import get_protocol
     from .provenance import run_record
 
@@ -109,7 +109,7 @@ def _training_rows(rows_by_task: dict[str, list[dict]], settings: dict, seed: in
     `settings.MIXING_KEYS`, removed here) mixed by its rule, capped per task also when the
     benchmark lists a single task."""
     from .settings import MIXING_KEYS
-    from .sft import mix_tasks
+    from .sampling import mix_tasks
 
     mixing = {key: settings.pop(key) for key in MIXING_KEYS if key in settings}
     if len(rows_by_task) == 1 and not mixing:
@@ -125,7 +125,7 @@ def cmd_train_sft(args):
                           args.seed)
     dev_rows = None
     if args.dev:
-        from .prompts import subsample
+        from .sampling import subsample
 
         dev_rows = subsample(files.read_jsonl(args.dev), args.max_examples, args.sample_seed)
     summary = train_sft(args.model_location, rows, args.adapter, args.work_dir,

@@ -1,7 +1,7 @@
 """The suite's prompts: a system part, the task instruction, the input, and the assistant
 turn opened with `<Judgement>`; the model answers a label word and closes `</Judgement>`.
 Under `protocol: paper` rows are rendered with the paper's own templates instead
-(`paper_prompts`); sampling few-shot demonstrations and subsamples is shared.
+(`paper_prompts`); drawing few-shot demonstrations is shared.
 
 Input text is inserted by concatenation, never through `str.format`, so braces, quotes or
 a literal `</Judgement>` in the data cannot break rendering.
@@ -116,18 +116,6 @@ def shot_chooser(pool: list[dict] | None, style: PromptStyle, pool_is_eval_split
     return lambda record: choose_shots(
         pool or [], style.shots, style.shot_selection, rng,
         exclude_idx=record["idx"] if pool_is_eval_split else None)
-
-
-def subsample(records: list[dict], limit: int | None, seed: int) -> list[dict]:
-    """A seeded subsample of at most `limit` items, keeping whole groups (MultiRC questions,
-    ReCoRD queries) together so per-question metrics stay meaningful. Order is preserved."""
-    if not limit:
-        return records
-    keys = list(dict.fromkeys(r.get("group", r["idx"]) for r in records))
-    if len(keys) <= limit:
-        return records
-    chosen = set(random.Random(seed).sample(keys, limit))
-    return [r for r in records if r.get("group", r["idx"]) in chosen]
 
 
 def render_split(task: Task, records: list[dict], train_pool: list[dict] | None,

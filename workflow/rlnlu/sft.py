@@ -25,7 +25,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from dataclasses import asdict
@@ -34,7 +33,8 @@ from pathlib import Path
 from .files import exclusive_lock
 from .generation import trl_prompt
 from .models import load_tokenizer, resolve_device, resolve_dtype
-from .settings import MIXING_RULES, SFTSettings
+from .sampling import stratified_order, subsample_rows
+from .settings import SFTSettings
 from .training import (common_trainer_args, curve_from_log_history, plot_curves,
                        run_fingerprint, sealing_callback, train_and_save_adapter,
                        write_curve_csv)
@@ -47,54 +47,6 @@ CURVE_SOURCES = {"step": "step", "loss": "loss", "label_loss": "label_loss",
                  "learning_rate": "learning_rate", "epoch": "epoch"}
 CURVE_COLUMNS = tuple(CURVE_SOURCES)
 CURVE_PANELS = (("loss", "label_loss"), ("label_accuracy", "dev_accuracy"))
-
-
-def mix_tasks(rows_by_task: dict[str, list[dict]], rule: str, seed: int,
-              cap_per_task: int | None = None, lines_per_task: int = 30000) -> list[dict]:
-    """Training rows for one multi-task adapter, shuffled with `seed`.
-
-    `cap_per_task` first takes a seeded subsample of each larger task. Then "upsample" draws
-    every smaller task with replacement up to the size of the largest, so small tasks are not
-    drowned out; "repeat" is the paper's released rule (its sft.py, `lines_per_file`): a task
-    with fewer than `lines_per_task` rows is repeated whole, ceil(lines_per_task / rows)
-    times; "proportional" keeps each task as it is.
-    """
-    if rule not in MIXING_RULES:
-        raise ValueError(f"mixing rule must be one of {', '.join(MIXING_RULES)}, not {rule!r}")
-    rng = random.Random(seed)
-    capped = {task: _subsample(rows, cap_per_task, rng) for task, rows in sorted(rows_by_task.items())}
-    target = max((len(rows) for rows in capped.values()), default=0)
-    mixed = []
-    for rows in capped.values():
-        if rule == "upsample" and rows:
-            rows = rows + rng.choices(rows, k=target - len(rows))
-        elif rule == "repeat" and rows and len(rows) < lines_per_task:
-            rows = rows * math.ceil(lines_per_task / len(rows))
-        mixed.extend(rows)
-    rng.shuffle(mixed)
-    return mixed
-
-
-def _subsample(rows: list[dict], limit: int | None, rng: random.Random) -> list[dict]:
-    """At most `limit` rows, drawn without replacement, in their original order."""
-    if not limit or len(rows) <= limit:
-        return list(rows)
-    return [rows[i] for i in sorted(rng.sample(range(len(rows)), limit))]
-
-
-def stratified_order(rows: list[dict], seed: int) -> list[dict]:
-    """The rows shuffled with `seed`, then interleaved by completion (the gold answer) so that
-    each answer is spread evenly over the run: any run of consecutive rows, such as a batch,
-    holds the answers in about their overall proportions."""
-    rng = random.Random(seed)
-    by_answer: dict[str, list[dict]] = {}
-    for row in rng.sample(rows, len(rows)):
-        by_answer.setdefault(row["completion"], []).append(row)
-    # The k-th of n rows with one answer sits at (k + u) / n of the run, u a seeded offset.
-    placed = [((k + offset) / len(group), rng.random(), row)
-              for group, offset in ((g, rng.random()) for g in by_answer.values())
-              for k, row in enumerate(group)]
-    return [row for *_, row in sorted(placed, key=lambda item: item[:2])]
 
 
 def training_dataset(rows: list[dict], tokenizer):
@@ -314,9 +266,9 @@ def train_sft(model_location: str, rows: list[dict], adapter_dir, work_dir,
     Returns a summary: steps, final training loss, examples, wall seconds, resumed step.
     """
     started = time.monotonic()
-    rows = _subsample(rows, settings.max_examples, random.Random(settings.seed))
+    rows = subsample_rows(rows, settings.max_examples, random.Random(settings.seed))
     if dev_rows:
-        dev_rows = _subsample(dev_rows, settings.dev_curve_examples, random.Random(settings.seed))
+        dev_rows = subsample_rows(dev_rows, settings.dev_curve_examples, random.Random(settings.seed))
     with exclusive_lock(work_dir, "training job"):  # before loading: a second job fails fast
         trainer = build_trainer(model_location, rows, work_dir, settings, dev_rows)
         resumed_from_step = train_and_save_adapter(

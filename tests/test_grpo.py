@@ -138,7 +138,7 @@ def test_mean_reward_rises_on_a_learnable_reward(learnable_model_dir, rte_rows, 
                         tmp_path / "work", GRPOSettings(**LEARNING), tmp_path / "curve.csv",
                         tmp_path / "curve.png", reward_scheme=yes_or_not)
     curve = read_curve(tmp_path / "curve.csv")
-    assert list(curve[0]) == list(grpo.CURVE_COLUMNS)
+    assert list(curve[0]) == list(grpo.CURVE_SOURCES)
     assert [int(row["step"]) for row in curve] == list(range(1, 31))
     assert all(row["kl"] == "" for row in curve)  # beta = 0: no reference pass, no KL logged
     rewards = [float(row["reward"]) for row in curve]

@@ -47,11 +47,10 @@ from .answers import RewardScheme
 from .files import exclusive_lock
 from .generation import trl_prompt
 from .models import load_model, load_tokenizer, resolve_device, resolve_dtype
-from .tasks import Task
 from .settings import GRPOSettings
-from .training import (common_trainer_args, curve_from_log_history, plot_curves,
-                       run_fingerprint, sealing_callback, train_and_save_adapter,
-                       write_curve_csv)
+from .tasks import Task
+from .training import (common_trainer_args, run_fingerprint, save_trainer_curve,
+                       sealing_callback, train_and_save_adapter)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,6 @@ CURVE_SOURCES = {
     "loss": "loss",
     "learning_rate": "learning_rate",
 }
-CURVE_COLUMNS = tuple(CURVE_SOURCES)
 CURVE_PANELS = (("reward",), ("accuracy", "invalid_rate"), ("kl",), ("entropy",))
 
 
@@ -206,11 +204,8 @@ def train_grpo(model_location: str, rows: list[dict], task: Task, adapter_dir, w
                                                    log)
 
     # A value the trainer did not log (kl when beta is 0, accuracy for STS-B) is left empty.
-    curve = curve_from_log_history(trainer.state.log_history, CURVE_SOURCES, logged_with="reward")
-    write_curve_csv(curve, curve_csv, CURVE_COLUMNS)
-    if curve_png is not None:
-        plot_curves(curve, curve_png, f"GRPO on {task.key}, {Path(model_location).name}",
-                    CURVE_PANELS)
+    curve = save_trainer_curve(trainer, CURVE_SOURCES, "reward", curve_csv, curve_png,
+                               f"GRPO on {task.key}, {Path(model_location).name}", CURVE_PANELS)
     summary = {
         "steps": trainer.state.global_step,
         "final": curve[-1] if curve else {},

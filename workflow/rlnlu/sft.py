@@ -35,9 +35,8 @@ from .generation import trl_prompt
 from .models import load_tokenizer, resolve_device, resolve_dtype
 from .sampling import stratified_order, subsample_rows
 from .settings import SFTSettings
-from .training import (common_trainer_args, curve_from_log_history, plot_curves,
-                       run_fingerprint, sealing_callback, train_and_save_adapter,
-                       write_curve_csv)
+from .training import (common_trainer_args, run_fingerprint, save_trainer_curve,
+                       sealing_callback, train_and_save_adapter)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,6 @@ log = logging.getLogger(__name__)
 CURVE_SOURCES = {"step": "step", "loss": "loss", "label_loss": "label_loss",
                  "label_accuracy": "label_accuracy", "dev_accuracy": "dev_accuracy",
                  "learning_rate": "learning_rate", "epoch": "epoch"}
-CURVE_COLUMNS = tuple(CURVE_SOURCES)
 CURVE_PANELS = (("loss", "label_loss"), ("label_accuracy", "dev_accuracy"))
 
 
@@ -274,11 +272,9 @@ def train_sft(model_location: str, rows: list[dict], adapter_dir, work_dir,
         resumed_from_step = train_and_save_adapter(
             trainer, work_dir, adapter_dir, run_fingerprint(model_location, rows, settings), log)
 
-    curve = curve_from_log_history(trainer.state.log_history, CURVE_SOURCES, logged_with="loss")
-    write_curve_csv(curve, curve_csv, CURVE_COLUMNS)
-    if curve_png is not None:
-        plot_curves(curve, curve_png, f"SFT on completion tokens, {Path(model_location).name}",
-                    CURVE_PANELS)
+    curve = save_trainer_curve(trainer, CURVE_SOURCES, "loss", curve_csv, curve_png,
+                               f"SFT on completion tokens, {Path(model_location).name}",
+                               CURVE_PANELS)
     summary = {
         "steps": trainer.state.global_step,
         "final_train_loss": curve[-1]["loss"] if curve else None,

@@ -168,6 +168,16 @@ def curve_from_log_history(log_history: list[dict], sources: dict[str, str],
             for entry in log_history if logged_with in entry]
 
 
+def save_trainer_curve(trainer, sources: dict[str, str], logged_with: str, curve_csv,
+                       curve_png, title: str, panels) -> list[dict]:
+    """A TRL run's curve (`curve_from_log_history`) written as CSV, and as a PNG if asked."""
+    curve = curve_from_log_history(trainer.state.log_history, sources, logged_with)
+    write_curve_csv(curve, curve_csv, tuple(sources))
+    if curve_png is not None:
+        plot_curves(curve, curve_png, title, panels)
+    return curve
+
+
 def write_curve_csv(curve: list[dict], path, columns) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as out:
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")

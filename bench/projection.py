@@ -72,17 +72,13 @@ def paper_config() -> dict:
 def projection_settings(config: dict) -> dict:
     """What sets the grid's cost, per method, from `config` (laid out as config.yaml). Each
     training section is handed over as the workflow hands it to its trainer
-    (`Grid.training_settings`, the mixing keys split off as `cli._training_rows` does) and read
+    (`Grid.training_settings`, the mixing keys split off by `settings.split_mixing`) and read
     through the settings layer, so what the config leaves out takes the trainer's default."""
     from rlnlu.grid import Grid
     from rlnlu.protocols import get_protocol
-    from rlnlu.settings import MIXING_KEYS, GRPOSettings, PPOSettings, SFTSettings
+    from rlnlu.settings import GRPOSettings, PPOSettings, SFTSettings, split_mixing
 
     grid = Grid.from_config(config)
-
-    def without_mixing(section: dict) -> tuple[dict, dict]:
-        mixing = {key: section.pop(key) for key in MIXING_KEYS if key in section}
-        return section, mixing
 
     def lora(trainer) -> dict:
         return {"lora_r": trainer.lora_r, "lora_targets": trainer.lora_target_modules}
@@ -95,13 +91,13 @@ def projection_settings(config: dict) -> dict:
         "new_tokens": drawn[1] - 1 if drawn else inference["max_new_tokens"],
         "max_examples": config.get("evaluation", {}).get("max_examples")}}
     for method in ("sft", "sft_multi"):
-        section, mixing = without_mixing(grid.training_settings(method))
+        section, mixing = split_mixing(grid.training_settings(method))
         sft = SFTSettings.from_config(section)
         # TRL's trainers recompute activations (checkpointing) wherever they run on a GPU
         settings[method] = {"epochs": sft.epochs, "max_examples": sft.max_examples,
                             "recompute": sft.device != "cpu", **lora(sft), "mixing": mixing}
     for method in ("ppo", "ppo_multi"):
-        section, mixing = without_mixing(grid.training_settings(method))
+        section, mixing = split_mixing(grid.training_settings(method))
         ppo = PPOSettings.from_config(section)
         settings[method] = {
             "steps": ppo.steps, "passes": ppo.passes, "prompts_per_step": ppo.prompts_per_step,

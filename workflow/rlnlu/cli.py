@@ -13,6 +13,7 @@ import time
 from . import files
 from .prompts import SHOT_SELECTIONS
 from .protocols import PROTOCOL_NAMES
+from .settings import split_mixing
 from .tasks import get_task
 
 
@@ -104,14 +105,12 @@ def cmd_score(args):
     files.write_json(args.out, dict(cell, **result, provenance=provenance))
 
 
-def _training_rows(rows_by_task: dict[str, list[dict]], settings: dict, seed: int) -> list[dict]:
-    """One task's rows as they are; the tasks of a multi-task method (whose settings carry
-    `settings.MIXING_KEYS`, removed here) mixed by its rule, capped per task also when the
-    benchmark lists a single task."""
-    from .settings import MIXING_KEYS
+def _training_rows(rows_by_task: dict[str, list[dict]], mixing: dict, seed: int) -> list[dict]:
+    """One task's rows as they are; the tasks of a multi-task method mixed by its `mixing`
+    settings, capped per task also when the benchmark lists a single task."""
     from .sampling import mix_tasks
 
-    mixing = {key: settings.pop(key) for key in MIXING_KEYS if key in settings}
+    mixing = dict(mixing)
     if len(rows_by_task) == 1 and not mixing:
         return next(iter(rows_by_task.values()))
     return mix_tasks(rows_by_task, mixing.pop("mixing", "upsample"), seed, **mixing)
@@ -120,8 +119,8 @@ def _training_rows(rows_by_task: dict[str, list[dict]], settings: dict, seed: in
 def cmd_train_sft(args):
     from .sft import SFTSettings, train_sft
 
-    settings = dict(json.loads(args.settings), seed=args.seed)
-    rows = _training_rows({path: files.read_jsonl(path) for path in args.train}, settings,
+    settings, mixing = split_mixing(dict(json.loads(args.settings), seed=args.seed))
+    rows = _training_rows({path: files.read_jsonl(path) for path in args.train}, mixing,
                           args.seed)
     dev_rows = None
     if args.dev:
@@ -148,9 +147,9 @@ def cmd_train_rl(args):
     """PPO (single- or multi-task) or GRPO, from an SFT seed adapter or the base model."""
     from .answers import RewardScheme
 
-    settings = dict(json.loads(args.settings), seed=args.seed)
+    settings, mixing = split_mixing(dict(json.loads(args.settings), seed=args.seed))
     rows_by_task = _keyed_train_rows(args.train)
-    rows = _training_rows(rows_by_task, settings, args.seed)
+    rows = _training_rows(rows_by_task, mixing, args.seed)
     task = get_task(*next(iter(rows_by_task)).split("/")) if len(rows_by_task) == 1 else None
     if args.algorithm == "ppo":
         from .ppo import PPOSettings as Settings, train_ppo as train

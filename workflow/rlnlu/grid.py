@@ -12,7 +12,7 @@ from pathlib import Path
 from . import paths
 from .methods import get_method
 from .protocols import Protocol, get_protocol
-from .settings import MIXING_KEYS, GRPOSettings, PPOSettings, SFTSettings
+from .settings import GRPOSettings, PPOSettings, SFTSettings, split_mixing
 from .tasks import Task, get_task
 
 
@@ -90,8 +90,7 @@ class Grid:
             method = get_method(name)
             if not method.trains:
                 continue
-            settings = {k: v for k, v in self.training_settings(name).items()
-                        if k not in MIXING_KEYS}
+            settings, _ = split_mixing(self.training_settings(name))
             try:
                 builders[method.trainer].from_config(settings)
             except (TypeError, ValueError) as err:

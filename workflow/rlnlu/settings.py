@@ -104,6 +104,13 @@ MIXING_KEYS = ("mixing", "cap_per_task", "lines_per_task")
 MIXING_RULES = ("upsample", "proportional", "repeat")
 
 
+def split_mixing(section: dict) -> tuple[dict, dict]:
+    """A method's settings as (what its trainer takes, how its tasks are mixed)."""
+    trainer = {key: value for key, value in section.items() if key not in MIXING_KEYS}
+    mixing = {key: value for key, value in section.items() if key in MIXING_KEYS}
+    return trainer, mixing
+
+
 # ---------------------------------------------------------------- PPO
 
 @dataclass

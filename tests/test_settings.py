@@ -16,7 +16,7 @@ from rlnlu.settings import GRPOSettings, KLSettings, PPOSettings, SFTSettings
 SCHEMA = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml")
                         .read_text(encoding="utf-8"))
 DEFINITIONS = SCHEMA["definitions"]
-WORKFLOW_ONLY = {"seed", "seed_from"}  # the seed is the cell's; seed_from is the planner's
+WORKFLOW_ONLY = {"seed", *settings.PLANNER_KEYS}  # the seed is the cell's
 
 
 def _names(cls) -> set[str]:
@@ -29,7 +29,7 @@ def test_schema_hardware_values_are_the_settings_layers():
 
 
 def test_schema_names_every_trainer_setting_and_no_other():
-    sft = set(DEFINITIONS["sft_settings"]["properties"])
+    sft = set(DEFINITIONS["sft_settings"]["properties"]) - WORKFLOW_ONLY
     assert sft == _names(SFTSettings) - WORKFLOW_ONLY
     rl = set(DEFINITIONS["rl_settings"]["properties"]) - WORKFLOW_ONLY
     assert rl - {"kl"} <= _names(PPOSettings) | _names(GRPOSettings)

@@ -20,7 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlnlu import checkpoints
+from conftest import TINY_SENTENCES, write_paper_standins
+from rlnlu import checkpoints, prompts
 from rlnlu.sampling import mix_tasks, stratified_order
 from rlnlu.sft import SFTSettings, build_trainer, first_token_accuracy, train_sft
 
@@ -135,11 +136,21 @@ def test_only_completion_tokens_and_eos_carry_loss(tiny_model_dir, tmp_path):
     assert (batch["labels"] == -100).any(dim=1).all()
 
 
-def test_a_step_in_micro_batches_has_the_whole_batchs_loss_and_gradient(tiny_model_dir, tmp_path):
-    """The step runs the LM head only at completion positions and splits the batch by tokens;
-    its loss and gradient must still be the plain mean over the batch's completion tokens."""
-    rows = prompt_rows(6)
-    trainer = build_trainer(tiny_model_dir, rows, tmp_path / "work",
+@pytest.fixture(scope="module")
+def paper_standins(tmp_path_factory):
+    """The paper's three architectures as tiny random stand-ins (conftest.py)."""
+    return write_paper_standins(tmp_path_factory.mktemp("standins"), [*TINY_SENTENCES, prompts.SYSTEM])
+
+
+@pytest.mark.parametrize("architecture", ["tiny", "llama2-7b-chat", "qwen2.5-7b-instruct", "mpt-7b-chat"])
+def test_a_step_in_micro_batches_has_the_whole_batchs_loss_and_gradient(
+        architecture, tiny_model_dir, paper_standins, tmp_path):
+    """The step runs the LM head only at completion positions, encodes the prompts' shared
+    opening once and splits the batch by tokens; its loss and gradient must still be the
+    plain mean over the batch's completion tokens."""
+    rows = [{**row, "prompt": f"{prompts.SYSTEM}\n\n{row['prompt']}"} for row in prompt_rows(6)]
+    model_dir = tiny_model_dir if architecture == "tiny" else paper_standins[architecture]
+    trainer = build_trainer(model_dir, rows, tmp_path / "work",
                             settings(batch_size=6, lora_dropout=0.0, micro_batch_tokens=40))
     model = trainer.model
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
@@ -156,6 +167,7 @@ def test_a_step_in_micro_batches_has_the_whole_batchs_loss_and_gradient(tiny_mod
 
     loss = trainer.training_step(model, batch)
     assert trainer.micro_batch_tokens * 2 < batch["attention_mask"].numel()  # it did split
+    assert trainer.shared_tokens >= 8  # and did reuse the opening
     assert float(loss) == pytest.approx(float(expected_loss.detach()), rel=1e-5)
     for name, p in lora.items():
         torch.testing.assert_close(p.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
@@ -206,7 +218,8 @@ def test_curve_records_the_answer_tokens_loss_and_the_dev_score(tiny_model_dir, 
 
 KILLED_RUN = """
 import json, sys, time
-from rlnlu import checkpoints
+from conftest import TINY_SENTENCES, write_paper_standins
+from rlnlu import checkpoints, prompts
 from rlnlu.sft import SFTSettings, train_sft
 
 seal = checkpoints.seal

@@ -231,6 +231,32 @@ def test_the_test_config_runs_end_to_end(tmp_path):
     assert (ours["examples"] == test_config["evaluation"]["max_examples"]).all()
 
 
+@needs_data
+def test_a_task_can_have_its_own_sft_budget_and_dev_curve(tmp_path, tiny_model_dir):
+    """`sft.max_examples_by_task` gives one task a longer SFT than the rest, and
+    `sft.dev_curve_tasks` scores the dev split during training for that task only; both
+    reach exactly that task's training job and its cells' settings."""
+    sft = {"max_examples": 8, "batch_size": 4, "max_steps": 2, "dev_curve_every": 1,
+           "max_examples_by_task": {"rte": 16}, "dev_curve_tasks": ["rte"]}
+    config = smoke_config(tmp_path, tiny_model_dir, sft=sft)
+    plan = snakemake(tmp_path, "-n", "-p", "--configfile", str(config)).stdout
+    commands = {task: next(line for line in plan.splitlines()
+                           if "rlnlu train-sft" in line and f"/glue/{task}/" in line)
+                for task in ("rte", "stsb")}
+    assert '"max_examples": 16' in commands["rte"] and "--dev " in commands["rte"]
+    assert '"max_examples": 8' in commands["stsb"] and "--dev " not in commands["stsb"]
+    assert "max_examples_by_task" not in plan and "dev_curve_tasks" not in plan
+
+    # A new budget for RTE retrains RTE alone.
+    cells = ["results/metrics/tiny/glue/rte/sft/seed0.json",
+             "results/metrics/tiny/glue/stsb/sft/seed0.json"]
+    snakemake(tmp_path, "--cores", "2", "--configfile", str(config), "--", *cells)
+    changed = smoke_config(tmp_path, tiny_model_dir, sft={**sft, "max_examples_by_task": {"rte": 12}})
+    plan = snakemake(tmp_path, "-n", "--configfile", str(changed), "--", *cells).stdout
+    assert "results/adapters/tiny/glue/rte/sft/seed0" in plan
+    assert "results/adapters/tiny/glue/stsb/sft/seed0" not in plan
+
+
 def test_paper_grid_plans_in_a_dry_run(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", str(ROOT / "configs" / "paper.yaml"))
     paper = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import paths
 from .methods import get_method
 from .protocols import Protocol, get_protocol
-from .settings import GRPOSettings, PPOSettings, SFTSettings, split_mixing
+from .settings import PLANNER_KEYS, GRPOSettings, PPOSettings, SFTSettings, split_mixing
 from .tasks import Task, get_task
 
 
@@ -178,15 +178,19 @@ class Grid:
 
         return missing_data_message(task, split, self.config["data"]["local_dir"])
 
-    def training_settings(self, method: str) -> dict:
+    def training_settings(self, method: str, task: str | None = None) -> dict:
         """A trained method's settings: its trainer's section (`sft`, `ppo`, `grpo`), with a
-        multi-task method's own section (`sft_multi`, `ppo_multi`) over it."""
+        multi-task method's own section (`sft_multi`, `ppo_multi`) over it, or, for `task`,
+        the task's own budget (`max_examples_by_task`) over the section's `max_examples`."""
         spec = get_method(method)
         settings = dict(self.config.get(spec.trainer, {}))
         if spec.multi_task:
             settings.pop("max_examples", None)  # the mix caps per task instead
             settings.update(self.config.get(method, {}))
-        settings.pop("seed_from", None)  # where training starts is the workflow's business
+        elif task in (settings.get("max_examples_by_task") or {}):
+            settings["max_examples"] = settings["max_examples_by_task"][task]
+        for key in PLANNER_KEYS:  # the workflow's business, not the trainer's
+            settings.pop(key, None)
         return settings
 
     def cell_settings(self, cell: Cell) -> dict:
@@ -206,8 +210,9 @@ class Grid:
         }
         if cell.method == "few_shot":
             settings["prompts"] = config["prompts"]
+        trained_on = get_task(cell.benchmark, cell.task).train_task.name
         for method in self.method_chain(cell.method):
-            settings[method] = self.training_settings(method)
+            settings[method] = self.training_settings(method, trained_on)
             if get_method(method).is_rl:
                 settings["reward"] = config["reward"]
         return settings

@@ -99,6 +99,11 @@ class SFTSettings(LoraSettings):  # lora_* fields: the paper's LoRA
         return settings_from_config(cls, config, "sft")
 
 
+# Keys of a trainer's section that the planner reads and the trainer never sees: where RL
+# starts, which tasks' SFT curves score the dev split (the rule gives them dev rows), and
+# the per-task budgets (the planner hands each task's job its own max_examples).
+PLANNER_KEYS = ("seed_from", "dev_curve_tasks", "max_examples_by_task")
+
 # The multi-task settings: how tasks are mixed, not how the trainer trains.
 MIXING_KEYS = ("mixing", "cap_per_task", "lines_per_task")
 MIXING_RULES = ("upsample", "proportional", "repeat")

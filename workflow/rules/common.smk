@@ -157,7 +157,11 @@ def score_options(wildcards, input):
 
 def sft_dev_prompts(wildcards):
     """The dev prompts an SFT curve scores (the evaluation's subsample), if it scores any."""
-    if not config.get("sft", {}).get("dev_curve_every"):
+    sft = config.get("sft", {})
+    tasks = sft.get("dev_curve_tasks")
+    if not sft.get("dev_curve_every") or (
+        tasks is not None and wildcards.task not in tasks
+    ):
         return []
     task = get_task(wildcards.benchmark, wildcards.task)
     return prompt_file(
@@ -168,6 +172,11 @@ def sft_dev_prompts(wildcards):
         wildcards.seed,
         task.eval_split,
     )
+
+
+def sft_task_settings(wildcards):
+    """A task's SFT settings, with its own budget if `sft.max_examples_by_task` names it."""
+    return json_arg(GRID.training_settings("sft", wildcards.task))
 
 
 def sft_dev_options(wildcards, input):

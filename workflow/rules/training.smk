@@ -29,7 +29,7 @@ rule train_sft:
     params:
         location=model_location,
         gpu=GPU,  # the GPU-slot claimer under profiles/gpu, else empty
-        settings=json_arg(GRID.training_settings("sft")),
+        settings=sft_task_settings,
         dev=sft_dev_options,
         work_dir=paths.checkpoints("sft"),
     shell:

@@ -50,3 +50,19 @@ def test_parsing_the_workflow_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).parents[1], check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_paper_config_trains_every_task_on_its_whole_train_split():
+    """configs/paper.yaml is merged over config.yaml: the embedded default's per-task SFT
+    budget must not reach the paper's grid."""
+    from bench.config import load_config
+    from rlnlu.grid import Grid
+
+    config = load_config("config.yaml")
+    default = Grid.from_config(config)
+    paper = Grid.from_config(load_config("config.yaml", "configs/paper.yaml"))
+    for task, rows in config["sft"]["max_examples_by_task"].items():
+        assert default.training_settings("sft", task)["max_examples"] == rows
+    assert default.training_settings("sft", "rte")["max_examples"] == config["sft"]["max_examples"]
+    for task in ("sst2", "rte", "cola"):
+        assert paper.training_settings("sft", task)["max_examples"] is None

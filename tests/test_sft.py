@@ -20,7 +20,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_SENTENCES, write_paper_standins
 from rlnlu import checkpoints, prompts
 from rlnlu.sampling import mix_tasks, stratified_order
 from rlnlu.sft import SFTSettings, build_trainer, first_token_accuracy, train_sft
@@ -139,6 +138,9 @@ def test_only_completion_tokens_and_eos_carry_loss(tiny_model_dir, tmp_path):
 @pytest.fixture(scope="module")
 def paper_standins(tmp_path_factory):
     """The paper's three architectures as tiny random stand-ins (conftest.py)."""
+    # Imported here: the kill test's job process imports this module without tests/ on its path.
+    from conftest import TINY_SENTENCES, write_paper_standins
+
     return write_paper_standins(tmp_path_factory.mktemp("standins"), [*TINY_SENTENCES, prompts.SYSTEM])
 
 
@@ -218,8 +220,7 @@ def test_curve_records_the_answer_tokens_loss_and_the_dev_score(tiny_model_dir, 
 
 KILLED_RUN = """
 import json, sys, time
-from conftest import TINY_SENTENCES, write_paper_standins
-from rlnlu import checkpoints, prompts
+from rlnlu import checkpoints
 from rlnlu.sft import SFTSettings, train_sft
 
 seal = checkpoints.seal

@@ -49,6 +49,13 @@ def shared_prefix_length(token_lists: list[list[int]]) -> int:
     return length
 
 
+def reusable_opening_length(token_lists: list[list[int]]) -> int:
+    """The shared opening worth encoding once: `shared_prefix_length`, or 0 when shorter
+    than MIN_SHARED_TOKENS."""
+    shared = shared_prefix_length(token_lists)
+    return shared if shared >= MIN_SHARED_TOKENS else 0
+
+
 def _decoding_options(decoding: Decoding) -> dict:
     if decoding.sample:  # the paper's top_k 0 / top_p 1: plain sampling at temperature 1
         return dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
@@ -72,9 +79,7 @@ def generate_answers(model, tokenizer, prompts: list[str], batch_size: int = 8,
         return []
     special = needs_special_tokens(tokenizer, prompts[0])
     encoded = [tokenizer(text, add_special_tokens=special)["input_ids"] for text in prompts]
-    shared = shared_prefix_length(encoded)
-    if shared < MIN_SHARED_TOKENS:
-        shared = 0
+    shared = reusable_opening_length(encoded)
     device = next(model.parameters()).device
     prefix_cache = None
     if shared:

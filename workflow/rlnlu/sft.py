@@ -12,8 +12,8 @@ every prompt and padding position), and the batch is split into micro-batches of
 similar length, at most `micro_batch_tokens` padded tokens each, whose gradients add up to
 the batch's (activations, not the weights, set the peak memory). The opening every prompt
 shares (the chat template's system turn: about 40% of an SST-2 row) is encoded once per
-micro-batch and its keys and values reused by each row, as evaluation does. The rows are ordered so
-that every batch holds the answers in their overall proportions (no early run of one
+micro-batch and its keys and values reused by each row, as evaluation does. The rows are
+ordered so that every batch holds the answers in their overall proportions (no early run of one
 answer), and the curve logs the loss on the answer's first token and how often it is the
 top token, since the loss over all completion tokens is mostly format (`</Judgement>`, EOS)
 and hides whether the label is learnt. Given dev rows, the curve also records the dev
@@ -33,7 +33,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .files import exclusive_lock
-from .generation import MIN_SHARED_TOKENS, shared_prefix_length, trl_prompt
+from .generation import reusable_opening_length, trl_prompt
 from .models import load_tokenizer, resolve_device, resolve_dtype
 from .sampling import stratified_order, subsample_rows
 from .settings import SFTSettings
@@ -128,10 +128,8 @@ def answer_positions(labels):
 def shared_opening_length(labels: list[list[int]], input_ids: list[list[int]]) -> int:
     """How many leading prompt tokens (labels -100) every row shares; 0 when too few to pay
     for a forward pass of their own."""
-    prompts = [ids[:next(i for i, t in enumerate(row) if t != -100)]
-               for ids, row in zip(input_ids, labels)]
-    shared = shared_prefix_length(prompts)
-    return shared if shared >= MIN_SHARED_TOKENS else 0
+    return reusable_opening_length([ids[:next(i for i, t in enumerate(row) if t != -100)]
+                                    for ids, row in zip(input_ids, labels)])
 
 
 def completion_losses(model, chunk: dict, shared: int = 0):

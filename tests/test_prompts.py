@@ -59,13 +59,16 @@ def test_few_shot_never_shows_the_example_itself():
 
 def test_a_random_set_is_shared_by_the_cell_and_drawn_anew_per_seed():
     pool = [_record(i, premise=f"Premise number {i}.") for i in range(40)]
-    questions = [_record(100 + i, premise=f"Question {i}.") for i in range(6)]
+    # every split numbers its rows from 0: each question shares its idx with a train row
+    questions = [_record(i, premise=f"Question {i}.") for i in range(40)]
 
     def demonstrations(seed):
         style = PromptStyle(shots=3, chat_template=False, shot_selection="random_set", seed=seed)
         return {row["prompt"].rsplit("Human: ", 1)[0] for row in render_split(RTE, questions, pool, style)}
 
     assert len(demonstrations(0)) == 1  # every prompt opens with the same demonstrations
+    assert all(row["prompt"].count("Human: ") == 4 for row in render_split(
+        RTE, questions, pool, PromptStyle(shots=3, chat_template=False, shot_selection="random_set")))
     assert demonstrations(0) == demonstrations(0)
     assert demonstrations(0) != demonstrations(1)
     # drawn from the split it scores, a record in the set is shown the spare row instead

@@ -112,6 +112,8 @@ def shot_chooser(pool: list[dict] | None, style: PromptStyle, pool_is_eval_split
     if style.shot_selection == "random_set":
         # one spare row: a record drawn into the set is shown the spare instead of itself
         drawn = choose_shots(pool or [], style.shots + pool_is_eval_split, "random", rng)
+        if not pool_is_eval_split:  # another split's idx says nothing about these rows
+            return lambda record: drawn
         return lambda record: [r for r in drawn if r["idx"] != record["idx"]][:style.shots]
     return lambda record: choose_shots(
         pool or [], style.shots, style.shot_selection, rng,

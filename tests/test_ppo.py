@@ -267,6 +267,22 @@ def test_response_logprobs_equal_full_forward_and_generation(tiny_model_dir, rte
     assert torch.allclose(entropy, expected_entropy, atol=1e-5)
     assert torch.allclose(values, expected_values, atol=1e-5)
 
+    # A mini-batch without the longest prompt is evaluated at its own width: the columns
+    # that are padding in all its rows are dropped, and its numbers do not change.
+    shortest = int(attention_mask.sum(-1).argmin())
+    widths = []
+    hook = base.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["input_ids"].size(1)), with_kwargs=True)
+    with torch.no_grad():
+        alone = ppo.evaluate_actions(base, input_ids[shortest:shortest + 1],
+                                     attention_mask[shortest:shortest + 1], length,
+                                     settings.temperature, value_head)
+    hook.remove()
+    assert widths == [int(attention_mask[shortest].sum())]
+    assert widths[0] < input_ids.size(1)
+    for ours, batched in zip(alone, (expected, expected_entropy, expected_values)):
+        assert torch.allclose(ours[0], batched[shortest], atol=1e-5)
+
     # ... and the rollout read the same numbers off its sampling pass (the KV-cached
     # generation), so the update can start from them without another forward pass.
     assert torch.allclose(sampled.logprobs, expected, atol=1e-4)

@@ -329,6 +329,11 @@ def evaluate_actions(model, input_ids, attention_mask, response_length: int,
     Only the hidden states at the positions predicting response tokens reach the lm_head, so
     no full-vocabulary logits over the prompt are ever made."""
     causal_lm = causal_lm_of(model)
+    # A mini-batch of a left-padded rollout carries the padding of the rollout's longest
+    # prompt; the columns that are padding in every row change nothing, so they are dropped
+    # (activations, and so the update's memory, grow with the width).
+    first_real = int(attention_mask.any(dim=0).int().argmax())
+    input_ids, attention_mask = input_ids[:, first_real:], attention_mask[:, first_real:]
     # The positions generate() used for left-padded prompts.
     position_ids = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
     hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,

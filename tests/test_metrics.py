@@ -93,6 +93,19 @@ def test_task_score_averages_two_metrics():
     assert task_score({"f1": 80.0, "accuracy": 70.0}) == 75.0
 
 
+def test_a_constant_prediction_has_no_correlation_and_a_finite_interval():
+    # 195 answers of 1.8 have a float standard deviation of 4e-16, not 0: still constant
+    stsb = get_task("glue", "stsb")
+    golds = list(np.random.default_rng(0).uniform(0, 5, 200))
+    constant = [1.8] * 200
+    assert compute_metrics(stsb, _rows(golds), constant) == {"pearson": 0.0, "spearman": 0.0}
+    # two answers in 200 differ: one resample in seven draws only 1.8s, which must not make the
+    # interval undefined (it did: nan in the table)
+    nearly_constant = [1.2 if i % 100 == 0 else 1.8 for i in range(200)]
+    low, high = bootstrap_interval(stsb, _rows(golds), nearly_constant, resamples=200)
+    assert np.isfinite([low, high]).all() and low <= high
+
+
 def test_bootstrap_interval_brackets_the_score():
     rte = get_task("glue", "rte")
     rng = random.Random(0)

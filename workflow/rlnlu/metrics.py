@@ -119,7 +119,7 @@ def compute_metrics(task: Task, rows: list[dict], predictions: list,
 
 def _correlation(fn, golds, predictions) -> float:
     golds, predictions = np.asarray(golds, float), np.asarray(predictions, float)
-    if golds.std() == 0 or predictions.std() == 0:
+    if np.ptp(golds) == 0 or np.ptp(predictions) == 0:  # exact: a float std need not be 0
         return 0.0  # undefined for a constant prediction; count it as no correlation
     return float(fn(golds, predictions)[0])
 

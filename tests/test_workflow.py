@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -266,6 +267,27 @@ def test_paper_grid_plans_in_a_dry_run(tmp_path):
     counts = dict(line.split() for line in result.stdout.splitlines()
                   if len(line.split()) == 2 and line.split()[1].isdigit())
     assert int(counts["score"]) == cells == 3 * 21 * len(paper["methods"])
+
+
+@pytest.mark.parametrize("protocol", ["suite", "paper"])
+def test_the_protocol_side_by_side_plans_the_same_cells_from_its_own_folder(protocol):
+    """configs/side-by-side/<protocol>.yaml, run where its comment says (runs/<protocol>, so
+    the two protocols' results stay apart), finds the data and plans the README's cells."""
+    overlay = ROOT / "configs" / "side-by-side" / f"{protocol}.yaml"
+    runs = ROOT / "runs"
+    created = not runs.exists()  # a user's own runs stay; a folder made here goes
+    (runs / protocol).mkdir(parents=True, exist_ok=True)
+    try:
+        result = snakemake(runs / protocol, "-n", "--configfile", str(overlay), "--",
+                           "results/tables/glue.csv")
+    finally:
+        if created:
+            shutil.rmtree(runs)
+    assert yaml.safe_load(overlay.read_text())["protocol"] == protocol
+    counts = dict(line.split() for line in result.stdout.splitlines()
+                  if len(line.split()) == 2 and line.split()[1].isdigit())
+    assert (int(counts["score"]), int(counts["train_sft"])) == (4 * 3, 4)
+    assert ("obtain_paper_code" in counts) == (protocol == "paper")
 
 
 def test_lint_is_clean():

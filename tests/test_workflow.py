@@ -271,19 +271,21 @@ def test_paper_grid_plans_in_a_dry_run(tmp_path):
 
 @pytest.mark.parametrize("protocol", ["suite", "paper"])
 def test_the_protocol_side_by_side_plans_the_same_cells_from_its_own_folder(protocol):
-    """configs/side-by-side/<protocol>.yaml, run where its comment says (runs/<protocol>, so
-    the two protocols' results stay apart), finds the data and plans the README's cells."""
-    overlay = ROOT / "configs" / "side-by-side" / f"{protocol}.yaml"
+    """configs/side-by-side/cells.yaml (with paper.yaml for the paper's protocol), run where
+    its comment says (runs/<protocol>, so the two protocols' results stay apart), finds the
+    data and plans the README's cells."""
+    folder = ROOT / "configs" / "side-by-side"
+    overlays = [folder / "cells.yaml"] + ([folder / "paper.yaml"] if protocol == "paper" else [])
     runs = ROOT / "runs"
     created = not runs.exists()  # a user's own runs stay; a folder made here goes
     (runs / protocol).mkdir(parents=True, exist_ok=True)
     try:
-        result = snakemake(runs / protocol, "-n", "--configfile", str(overlay), "--",
+        result = snakemake(runs / protocol, "-n", "--configfile", *map(str, overlays), "--",
                            "results/tables/glue.csv")
     finally:
         if created:
             shutil.rmtree(runs)
-    assert yaml.safe_load(overlay.read_text())["protocol"] == protocol
+    assert yaml.safe_load(overlays[-1].read_text()).get("protocol", "suite") == protocol
     counts = dict(line.split() for line in result.stdout.splitlines()
                   if len(line.split()) == 2 and line.split()[1].isdigit())
     assert (int(counts["score"]), int(counts["train_sft"])) == (4 * 3, 4)
